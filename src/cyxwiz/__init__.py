@@ -1,0 +1,3 @@
+"""CyxWiz Model Marketplace."""
+
+__version__ = "0.1.0"

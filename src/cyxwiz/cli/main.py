@@ -1,0 +1,156 @@
+"""The ``cyxwiz`` command: one Typer sub-app per noun. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from cyxwiz.config import Settings
+
+app = typer.Typer(
+    name="cyxwiz",
+    help="CyxWiz Model Marketplace: the App Store for AI models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="CYXWIZ_DATA_DIR", help="Where the database, keys and blobs live."),
+]
+
+
+def load_settings(data_dir: Path | None) -> Settings:
+    from cyxwiz.config import ConfigError, Settings
+
+    try:
+        settings = Settings(data_dir=data_dir) if data_dir else Settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _ = settings.master_keys  # fail early on a bad or placeholder key
+    except ConfigError as exc:
+        typer.secho(f"configuration error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
+def _upgrade(settings: Settings) -> None:
+    from cyxwiz.db import make_engine
+    from cyxwiz.migrate import upgrade
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    demo: Annotated[bool, typer.Option("--demo", help="Build the demo catalogue if the database is empty.")] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Run the marketplace (migrates the database first)."""
+    import uvicorn
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    if demo:
+        from cyxwiz.demo.seed import seed_if_empty
+
+        seed_if_empty(settings, echo=typer.echo)
+    typer.secho(f"CyxWiz Marketplace on http://{host}:{port}  (API docs: /docs)", fg="green")
+    if workers > 1:
+        import os
+
+        os.environ["CYXWIZ_DATA_DIR"] = str(settings.data_dir)
+        uvicorn.run("cyxwiz.web.asgi:app", host=host, port=port, workers=workers, log_level="info")
+        return
+    from cyxwiz.web.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command("demo")
+def demo_cmd(data_dir: DataDir = None) -> None:
+    """Build the demo catalogue: creators and real trained ONNX models with measured cards."""
+    from cyxwiz.demo.seed import seed
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    seed(settings, echo=typer.echo)
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Apply all migrations and sync the category taxonomy."""
+    from cyxwiz.db import make_engine
+    from cyxwiz.migrate import current_revision
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    engine = make_engine(settings.resolved_database_url)
+    typer.echo(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+@db_app.command("check")
+def db_check(data_dir: DataDir = None) -> None:
+    """Exit 1 if the database schema differs from the models (migration drift)."""
+    from cyxwiz.db import make_engine
+    from cyxwiz.migrate import drift
+
+    settings = load_settings(data_dir)
+    engine = make_engine(settings.resolved_database_url)
+    diffs = drift(engine)
+    engine.dispose()
+    if diffs:
+        for d in diffs:
+            typer.echo(f"drift: {d}", err=True)
+        raise typer.Exit(1)
+    typer.echo("schema matches the models: no drift")
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    email: Annotated[str, typer.Option(help="Email address.")],
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="CYXWIZ_NEW_USER_PASSWORD")
+    ],
+    admin: Annotated[bool, typer.Option("--admin", help="Give the user the admin role.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user account (use --admin for an administrator)."""
+    from cyxwiz.accounts.service import register
+    from cyxwiz.db import Database
+    from cyxwiz.errors import DomainError
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            user = register(
+                session, username=username, email=email, password=password, role="admin" if admin else "user"
+            )
+            typer.echo(f"created {user.role} {user.username} ({user.id})")
+    except DomainError as exc:
+        typer.secho(f"error [{exc.code}]: {exc.detail}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.engine.dispose()
+
+
+def run() -> None:
+    app()

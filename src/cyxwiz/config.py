@@ -1,0 +1,145 @@
+"""Settings for every process (env prefix ``CYXWIZ_``). Imports nothing from cyxwiz."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values people paste from examples; refused outright in production.
+PLACEHOLDER_KEYS = frozenset(
+    {"", "changeme", "change-me", "change_me", "placeholder", "secret", "dev", "test", "xxx"}
+)
+MASTER_KEY_FILE = "master.key"
+
+
+class Env(StrEnum):
+    dev = "dev"
+    production = "production"
+
+
+class BlobBackend(StrEnum):
+    local = "local"
+    s3 = "s3"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used as given (the message says how to fix it)."""
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to know about its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CYXWIZ_", env_file=None, extra="ignore")
+
+    env: Env = Env.dev
+    data_dir: Path = Path("./cyxwiz-data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the data dir (WAL)."
+    )
+    # Blob storage
+    blob_backend: BlobBackend = BlobBackend.local
+    blob_dir: Path | None = None  # default: <data_dir>/blobs
+    s3_bucket: str | None = None
+    s3_prefix: str = "blobs/"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    blob_chunk_size: int = 1024 * 1024
+
+    # Keys: base64 of 32 random bytes. If not set, generated into <data_dir>/master.key (dev).
+    master_key: SecretStr | None = None
+    previous_master_keys: list[SecretStr] = Field(default_factory=list)
+
+    # HTTP
+    base_url: str = "http://127.0.0.1:8000"
+    access_token_ttl_seconds: int = 60 * 60 * 24 * 7
+    session_ttl_seconds: int = 60 * 60 * 24 * 30
+    max_upload_bytes: int = 8 * 1024**3
+    max_json_bytes: int = 1024 * 1024
+    cookie_secure: bool = False
+
+    @field_validator("previous_master_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Env.production
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cyxwiz.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+
+    @cached_property
+    def master_keys(self) -> dict[str, bytes]:
+        """Key id -> key; the first entry is the active wrapping key."""
+        active = self._load_or_create_master_key()
+        keys = {key_id(active): active}
+        for old in self.previous_master_keys:
+            raw = _decode_key(old.get_secret_value(), "CYXWIZ_PREVIOUS_MASTER_KEYS")
+            keys.setdefault(key_id(raw), raw)
+        return keys
+
+    def _load_or_create_master_key(self) -> bytes:
+        if self.master_key is not None:
+            value = self.master_key.get_secret_value().strip()
+            if self.is_production and value.lower() in PLACEHOLDER_KEYS:
+                raise ConfigError(
+                    "CYXWIZ_MASTER_KEY is a placeholder; in production set it to "
+                    "base64 of 32 random bytes (python -c 'import secrets,base64;"
+                    "print(base64.b64encode(secrets.token_bytes(32)).decode())')"
+                )
+            raw = _decode_key(value, "CYXWIZ_MASTER_KEY")
+            if self.is_production and len(set(raw)) < 8:
+                raise ConfigError("CYXWIZ_MASTER_KEY is not random enough for production")
+            return raw
+        path = self.data_dir / MASTER_KEY_FILE
+        if path.exists():
+            return _decode_key(path.read_text().strip(), str(path))
+        if self.is_production:
+            raise ConfigError(
+                "no master key: in production CYXWIZ_MASTER_KEY must be set explicitly "
+                "(a generated key on an ephemeral disk would make every stored model unreadable)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        raw = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(raw).decode() + "\n")
+        return raw
+
+
+def key_id(key: bytes) -> str:
+    """A short stable id for a master key (never reveals the key)."""
+    return hashlib.sha256(b"cyxwiz-key-id:" + key).hexdigest()[:8]
+
+
+def _decode_key(value: str, where: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not valid base64") from exc
+    if len(raw) != 32:
+        raise ConfigError(f"{where}: must decode to exactly 32 bytes, got {len(raw)}")
+    return raw
+
+
+def get_settings() -> Settings:
+    """Settings read from the environment."""
+    return Settings()

@@ -1,0 +1,68 @@
+"""The ASGI app factory: one FastAPI app serving the API, the web UI and file routes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from cyxwiz import __version__
+from cyxwiz.config import Settings
+from cyxwiz.db import Database
+from cyxwiz.storage import BlobStore, blob_store_from_settings
+from cyxwiz.web import problems
+from cyxwiz.web.api.v1 import auth as auth_api
+from cyxwiz.web.api.v1 import catalog as catalog_api
+from cyxwiz.web.deps import AppContext
+from cyxwiz.web.middleware import BodyLimitMiddleware
+
+STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger("cyxwiz.web")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database: Database | None = None,
+    blobs: BlobStore | None = None,
+) -> FastAPI:
+    """Build the app for ``settings``; tests pass their own database and blob store."""
+    app = FastAPI(
+        title="CyxWiz Model Marketplace API",
+        version=__version__,
+        description=(
+            "The App Store for AI models. Amounts are integers in minor units; every error is "
+            "RFC 9457 `application/problem+json` with a stable `code`."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.ctx = AppContext(
+        settings=settings,
+        db=database or Database.from_url(settings.resolved_database_url),
+        blobs=blobs or blob_store_from_settings(settings),
+    )
+    problems.install(app)
+
+    api = "/api/v1"
+    app.include_router(auth_api.router, prefix=api)
+    app.include_router(catalog_api.router, prefix=api)
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    def limit_for(scope: Scope) -> int:
+        path: str = scope.get("path", "")
+        if "/files/" in path or path.endswith("/upload"):
+            return settings.max_upload_bytes
+        return settings.max_json_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    return app

@@ -1,0 +1,137 @@
+"""Dependency aliases shared by API and UI routes (SessionDep, CurrentUser, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from cyxwiz.accounts.models import User
+from cyxwiz.accounts.service import Principal, resolve_bearer
+from cyxwiz.config import Settings
+from cyxwiz.db import Database
+from cyxwiz.errors import NotAuthenticated, PermissionDenied
+from cyxwiz.storage import BlobStore
+
+SESSION_COOKIE = "cxw_session"
+CSRF_COOKIE = "cxw_csrf"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass
+class AppContext:
+    """What every request handler may use; built once per process by the app factory."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return get_ctx(request).settings
+
+
+def get_blobs(request: Request) -> BlobStore:
+    return get_ctx(request).blobs
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, committed before the response is sent (rolled back on error)."""
+    with get_ctx(request).db.session() as session:
+        yield session
+
+
+CtxDep = Annotated[AppContext, Depends(get_ctx)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+BlobStoreDep = Annotated[BlobStore, Depends(get_blobs)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise NotAuthenticated(
+            "Authorization header must be 'Bearer <token>'",
+            code="invalid_token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return value.strip()
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal | None:
+    """The caller, from a bearer token or API key, or from the session cookie.
+
+    The cookie counts on UI routes (which check CSRF on forms) and on safe methods of the API
+    (browser downloads); a cookie never authorizes a state-changing API call.
+    """
+    raw = _bearer(request)
+    if raw is not None:
+        try:
+            return resolve_bearer(session, raw=raw)
+        except NotAuthenticated as exc:
+            exc.headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+            raise
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    is_api = request.url.path.startswith(("/api/", "/v2/"))
+    if is_api and request.method not in SAFE_METHODS:
+        return None
+    try:
+        principal = resolve_bearer(session, raw=cookie)
+    except NotAuthenticated:
+        return None
+    return principal if principal.via == "session" else None
+
+
+PrincipalDep = Annotated[Principal | None, Depends(get_principal)]
+
+
+def require_scope(scope: str) -> Callable[..., User]:
+    def dependency(principal: PrincipalDep) -> User:
+        if principal is None:
+            raise NotAuthenticated(
+                "log in or send 'Authorization: Bearer <token or API key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not principal.has_scope(scope):
+            raise PermissionDenied(
+                f"this API key lacks the {scope!r} scope", code="insufficient_scope"
+            )
+        return principal.user
+
+    return dependency
+
+
+def optional_viewer(principal: PrincipalDep) -> User | None:
+    """The caller if any (API keys need the 'read' scope to read as themselves)."""
+    if principal is None:
+        return None
+    if not principal.has_scope("read"):
+        raise PermissionDenied("this API key lacks the 'read' scope", code="insufficient_scope")
+    return principal.user
+
+
+ViewerDep = Annotated[User | None, Depends(optional_viewer)]
+ReaderDep = Annotated[User, Depends(require_scope("read"))]
+CurrentUser = Annotated[User, Depends(require_scope("write"))]
+
+
+def require_admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise PermissionDenied("admins only", code="admin_required")
+    return user
+
+
+AdminUser = Annotated[User, Depends(require_admin)]
