@@ -33,7 +33,10 @@ def _prepare_postgres(url: str) -> str:
     """A fresh database per xdist worker (test_gw0, ...) so workers never share tables."""
     base = make_url(url)
     name = f"{base.database}_{_worker_suffix()}"
-    admin = make_engine(base.set(database="postgres").render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    admin = make_engine(
+        base.set(database="postgres").render_as_string(hide_password=False),
+        isolation_level="AUTOCOMMIT",
+    )
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))

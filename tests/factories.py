@@ -39,9 +39,7 @@ class Api:
         assert r.status_code == 200, r.text
         return Account(name, r.json()["access_token"])
 
-    def model(
-        self, owner: Account, name: str | None = None, **fields: Any
-    ) -> dict[str, Any]:
+    def model(self, owner: Account, name: str | None = None, **fields: Any) -> dict[str, Any]:
         body = {
             "name": name or f"model-{next(_seq)}",
             "title": "A test model",
@@ -80,7 +78,11 @@ class Api:
         return dict(r.json())
 
     def published_model(
-        self, owner: Account, name: str | None = None, files: dict[str, bytes] | None = None, **fields: Any
+        self,
+        owner: Account,
+        name: str | None = None,
+        files: dict[str, bytes] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """A public model with version 1.0.0 published holding ``files``."""
         fields.setdefault("visibility", "public")

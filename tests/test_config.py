@@ -33,7 +33,9 @@ def test_explicit_key_and_previous_keys(tmp_path: Path) -> None:
     assert not (tmp_path / "master.key").exists()
 
 
-@pytest.mark.parametrize("value", ["changeme", "placeholder", base64.b64encode(b"\0" * 32).decode()])
+@pytest.mark.parametrize(
+    "value", ["changeme", "placeholder", base64.b64encode(b"\0" * 32).decode()]
+)
 def test_production_refuses_placeholder_keys(tmp_path: Path, value: str) -> None:
     s = Settings(data_dir=tmp_path, env="production", master_key=value)
     with pytest.raises(ConfigError):

@@ -30,7 +30,13 @@ def test_upgrade_is_idempotent_and_seeds_taxonomy(engine: Engine, db: Database) 
     upgrade(engine)  # running again changes nothing and does not fail
     with db.session() as s:
         slugs = {c.slug for c in s.query(Category)}
-    assert {"language", "text-generation", "tabular-regression", "scientific", "multimodal"} <= slugs
+    assert {
+        "language",
+        "text-generation",
+        "tabular-regression",
+        "scientific",
+        "multimodal",
+    } <= slugs
     assert len(slugs) == 6 + 6 + 6 + 4 + 3 + 6
 
 
@@ -52,6 +58,9 @@ def test_timestamps_round_trip_as_utc(db: Database) -> None:
 
 
 def test_naive_datetimes_are_refused(db: Database) -> None:
-    with pytest.raises(Exception, match="naive datetime"), db.session() as s:
-        s.add(User(username="naive", email="n@example.com", password_hash="x", created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
-        s.flush()
+    naive = datetime(2026, 1, 1)
+    with db.session() as s:
+        s.add(User(username="naive", email="n@example.com", password_hash="x", created_at=naive))
+        with pytest.raises(Exception, match="naive datetime"):
+            s.flush()
+        s.rollback()

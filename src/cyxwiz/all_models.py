@@ -3,5 +3,6 @@
 from cyxwiz.accounts import models as accounts_models
 from cyxwiz.catalog import models as catalog_models
 from cyxwiz.db import Base
+from cyxwiz.ledger import models as ledger_models
 
-__all__ = ["Base", "accounts_models", "catalog_models"]
+__all__ = ["Base", "accounts_models", "catalog_models", "ledger_models"]

@@ -24,8 +24,11 @@ def test_register_login_me(client: TestClient) -> None:
     )
     assert r.status_code == 201
     assert r.json()["username"] == "ada"
-    assert "password" not in r.text and "hash" not in r.text
-    r = client.post("/api/v1/auth/login", json={"username": "ada@example.com", "password": PASSWORD})
+    assert "password" not in r.text
+    assert "hash" not in r.text
+    r = client.post(
+        "/api/v1/auth/login", json={"username": "ada@example.com", "password": PASSWORD}
+    )
     assert r.status_code == 200
     token = r.json()["access_token"]
     assert r.json()["token_type"] == "bearer"
@@ -40,14 +43,18 @@ def test_me_requires_auth(client: TestClient) -> None:
     r = client.get("/api/v1/me")
     problem(r, 401, "not_authenticated")
     assert r.headers["www-authenticate"].startswith("Bearer")
-    problem(client.get("/api/v1/me", headers={"Authorization": "Bearer nope"}), 401, "invalid_token")
+    problem(
+        client.get("/api/v1/me", headers={"Authorization": "Bearer nope"}), 401, "invalid_token"
+    )
     problem(client.get("/api/v1/me", headers={"Authorization": "Basic abc"}), 401, "invalid_token")
 
 
 def test_login_wrong_password_and_unknown_user(api: Api, client: TestClient) -> None:
     acct = api.user()
     problem(
-        client.post("/api/v1/auth/login", json={"username": acct.username, "password": "wrong-password"}),
+        client.post(
+            "/api/v1/auth/login", json={"username": acct.username, "password": "wrong-password"}
+        ),
         401,
         "invalid_credentials",
     )
@@ -61,39 +68,83 @@ def test_login_wrong_password_and_unknown_user(api: Api, client: TestClient) -> 
 def test_register_rejects_bad_input_and_changes_nothing(api: Api, client: TestClient) -> None:
     api.user("taken")
     cases = [
-        ({"username": "taken", "email": "x@example.com", "password": PASSWORD}, 409, "username_taken"),
-        ({"username": "other", "email": "taken@example.com", "password": PASSWORD}, 409, "email_taken"),
-        ({"username": "a", "email": "a1@example.com", "password": PASSWORD}, 422, "invalid_username"),
-        ({"username": "-bad-", "email": "a2@example.com", "password": PASSWORD}, 422, "invalid_username"),
-        ({"username": "api", "email": "a3@example.com", "password": PASSWORD}, 422, "invalid_username"),
-        ({"username": "okname", "email": "not-an-email", "password": PASSWORD}, 422, "invalid_email"),
-        ({"username": "okname", "email": "ok@example.com", "password": "short"}, 422, "weak_password"),
+        (
+            {"username": "taken", "email": "x@example.com", "password": PASSWORD},
+            409,
+            "username_taken",
+        ),
+        (
+            {"username": "other", "email": "taken@example.com", "password": PASSWORD},
+            409,
+            "email_taken",
+        ),
+        (
+            {"username": "a", "email": "a1@example.com", "password": PASSWORD},
+            422,
+            "invalid_username",
+        ),
+        (
+            {"username": "-bad-", "email": "a2@example.com", "password": PASSWORD},
+            422,
+            "invalid_username",
+        ),
+        (
+            {"username": "api", "email": "a3@example.com", "password": PASSWORD},
+            422,
+            "invalid_username",
+        ),
+        (
+            {"username": "okname", "email": "not-an-email", "password": PASSWORD},
+            422,
+            "invalid_email",
+        ),
+        (
+            {"username": "okname", "email": "ok@example.com", "password": "short"},
+            422,
+            "weak_password",
+        ),
         ({"username": "okname", "email": "ok@example.com"}, 422, "validation_error"),
         ({"username": 5, "email": "ok@example.com", "password": PASSWORD}, 422, "validation_error"),
-        ({"username": "okname", "email": "ok@example.com", "password": PASSWORD, "role": "admin"}, 422, "validation_error"),
+        (
+            {
+                "username": "okname",
+                "email": "ok@example.com",
+                "password": PASSWORD,
+                "role": "admin",
+            },
+            422,
+            "validation_error",
+        ),
     ]
     for body, status, code in cases:
         problem(client.post("/api/v1/auth/register", json=body), status, code)
     # nothing was created: the names are still free
     r = client.post(
-        "/api/v1/auth/register", json={"username": "okname", "email": "ok@example.com", "password": PASSWORD}
+        "/api/v1/auth/register",
+        json={"username": "okname", "email": "ok@example.com", "password": PASSWORD},
     )
     assert r.status_code == 201
 
 
 def test_malformed_json_and_oversized_body(client: TestClient) -> None:
     r = client.post(
-        "/api/v1/auth/register", content=b'{"username": ', headers={"content-type": "application/json"}
+        "/api/v1/auth/register",
+        content=b'{"username": ',
+        headers={"content-type": "application/json"},
     )
     problem(r, 400, "malformed_json")
     big = b'{"username": "' + b"a" * (2 * 1024 * 1024) + b'"}'
-    r = client.post("/api/v1/auth/register", content=big, headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/v1/auth/register", content=big, headers={"content-type": "application/json"}
+    )
     problem(r, 413, "payload_too_large")
 
 
 def test_api_keys_lifecycle_and_scopes(api: Api, client: TestClient) -> None:
     acct = api.user()
-    r = client.post("/api/v1/api-keys", json={"name": "ci", "scopes": ["read"]}, headers=acct.headers)
+    r = client.post(
+        "/api/v1/api-keys", json={"name": "ci", "scopes": ["read"]}, headers=acct.headers
+    )
     assert r.status_code == 201
     created = r.json()
     key = created["key"]
@@ -108,24 +159,38 @@ def test_api_keys_lifecycle_and_scopes(api: Api, client: TestClient) -> None:
     assert me.status_code == 200
     assert me.json()["auth"] == "api_key"
     assert me.json()["scopes"] == ["read"]
-    assert client.get("/api/v1/api-keys", headers=acct.headers).json()[0]["last_used_at"] is not None
+    assert (
+        client.get("/api/v1/api-keys", headers=acct.headers).json()[0]["last_used_at"] is not None
+    )
 
     # a read-only key cannot write
     problem(
-        client.post("/api/v1/models", json={"name": "x1", "title": "x", "category": "finance"}, headers=kh),
+        client.post(
+            "/api/v1/models", json={"name": "x1", "title": "x", "category": "finance"}, headers=kh
+        ),
         403,
         "insufficient_scope",
     )
     # API keys cannot mint more keys
-    wkey = client.post("/api/v1/api-keys", json={"name": "w", "scopes": ["write"]}, headers=acct.headers).json()["key"]
+    wkey = client.post(
+        "/api/v1/api-keys", json={"name": "w", "scopes": ["write"]}, headers=acct.headers
+    ).json()["key"]
     problem(
-        client.post("/api/v1/api-keys", json={"name": "x", "scopes": ["read"]}, headers={"Authorization": f"Bearer {wkey}"}),
+        client.post(
+            "/api/v1/api-keys",
+            json={"name": "x", "scopes": ["read"]},
+            headers={"Authorization": f"Bearer {wkey}"},
+        ),
         403,
         "forbidden",
     )
     # another user cannot revoke it
     other = api.user()
-    problem(client.delete(f"/api/v1/api-keys/{created['id']}", headers=other.headers), 404, "api_key_not_found")
+    problem(
+        client.delete(f"/api/v1/api-keys/{created['id']}", headers=other.headers),
+        404,
+        "api_key_not_found",
+    )
     r = client.delete(f"/api/v1/api-keys/{created['id']}", headers=acct.headers)
     assert r.status_code == 200
     assert r.json()["revoked_at"] is not None
@@ -135,7 +200,9 @@ def test_api_keys_lifecycle_and_scopes(api: Api, client: TestClient) -> None:
 def test_api_key_bad_scopes(api: Api, client: TestClient) -> None:
     acct = api.user()
     problem(
-        client.post("/api/v1/api-keys", json={"name": "x", "scopes": ["root"]}, headers=acct.headers),
+        client.post(
+            "/api/v1/api-keys", json={"name": "x", "scopes": ["root"]}, headers=acct.headers
+        ),
         422,
         "invalid_scope",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -23,10 +24,41 @@ EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 # Top-level URL segments the web UI uses; a user named like one would shadow it.
 RESERVED_USERNAMES = frozenset(
     {
-        "admin", "api", "auth", "categories", "chain", "creator", "dashboard", "docs", "health",
-        "login", "logout", "me", "models", "new", "openapi", "redoc", "search", "settings",
-        "signup", "static", "support", "v2", "library", "earnings", "favicon-ico", "robots-txt",
-        "cyxwiz", "root", "system", "null", "undefined", "help", "about", "terms", "privacy",
+        "admin",
+        "api",
+        "auth",
+        "categories",
+        "chain",
+        "creator",
+        "dashboard",
+        "docs",
+        "health",
+        "login",
+        "logout",
+        "me",
+        "models",
+        "new",
+        "openapi",
+        "redoc",
+        "search",
+        "settings",
+        "signup",
+        "static",
+        "support",
+        "v2",
+        "library",
+        "earnings",
+        "favicon-ico",
+        "robots-txt",
+        "cyxwiz",
+        "root",
+        "system",
+        "null",
+        "undefined",
+        "help",
+        "about",
+        "terms",
+        "privacy",
     }
 )
 SCOPES = ("read", "write", "inference")
@@ -124,10 +156,8 @@ def authenticate(session: Session, *, login: str, password: str) -> User:
     key = login.strip().lower()
     user = session.scalar(select(User).where((User.username == key) | (User.email == key)))
     if user is None:
-        try:
+        with contextlib.suppress(VerificationError):
             _hasher.verify(_DUMMY_HASH, password)
-        except VerificationError:
-            pass
         raise InvalidCredentials("username or password is wrong")
     try:
         _hasher.verify(user.password_hash, password)
@@ -140,7 +170,9 @@ def authenticate(session: Session, *, login: str, password: str) -> User:
     return user
 
 
-def issue_token(session: Session, *, user: User, kind: str, ttl_seconds: int) -> tuple[str, AuthToken]:
+def issue_token(
+    session: Session, *, user: User, kind: str, ttl_seconds: int
+) -> tuple[str, AuthToken]:
     """A new bearer token (kind 'access') or browser session (kind 'session'); raw value once."""
     prefix = ACCESS_PREFIX if kind == "access" else SESSION_PREFIX
     raw = prefix + secrets.token_urlsafe(32)
@@ -181,7 +213,9 @@ def resolve_bearer(session: Session, *, raw: str) -> Principal:
         if not key.user.is_active:
             raise NotAuthenticated("this account is disabled", code="account_disabled")
         _touch(key, now)
-        return Principal(user=key.user, via="api_key", scopes=frozenset(key.scopes), api_key_id=key.id)
+        return Principal(
+            user=key.user, via="api_key", scopes=frozenset(key.scopes), api_key_id=key.id
+        )
     if raw.startswith((ACCESS_PREFIX, SESSION_PREFIX)):
         token = session.scalar(select(AuthToken).where(AuthToken.token_hash == _hash_token(raw)))
         if token is None:

@@ -149,14 +149,20 @@ def category_ref(cat: Category) -> CategoryRef:
 
 
 def file_out(f: ModelFile) -> FileOut:
-    return FileOut(path=f.path, size=f.size, sha256=f.sha256, content_type=f.content_type, updated_at=f.updated_at)
+    return FileOut(
+        path=f.path,
+        size=f.size,
+        sha256=f.sha256,
+        content_type=f.content_type,
+        updated_at=f.updated_at,
+    )
 
 
 def version_out(v: ModelVersion) -> VersionOut:
     return VersionOut(
         id=v.id,
         version=v.version,
-        status=v.status,  # type: ignore[arg-type]
+        status=v.status,
         notes=v.notes,
         created_at=v.created_at,
         published_at=v.published_at,
@@ -178,7 +184,7 @@ def model_summary(m: Model) -> ModelSummary:
         category=category_ref(m.category),
         task=m.task,
         tags=m.tags,
-        visibility=m.visibility,  # type: ignore[arg-type]
+        visibility=m.visibility,
         downloads=m.downloads,
         latest_version=latest.version if latest else None,
         updated_at=m.updated_at,
@@ -200,7 +206,7 @@ def model_out(m: Model) -> ModelOut:
         task=m.task,
         framework=m.framework,
         license=m.license,
-        visibility=m.visibility,  # type: ignore[arg-type]
+        visibility=m.visibility,
         tags=m.tags,
         card=m.card,
         card_data=meta,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
@@ -34,9 +34,10 @@ TAG_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,39}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*$")
 LATEST_ALIASES = ("main", "latest")
+RESERVED_VERSION_LABELS = (*LATEST_ALIASES, "new")
 MAX_TAGS = 20
 MAX_FILES_PER_VERSION = 1000
-SORTS = {
+SORTS: dict[str, tuple[Any, ...]] = {
     "newest": (Model.published_at.desc(), Model.created_at.desc()),
     "popular": (Model.downloads.desc(), Model.published_at.desc()),
     "updated": (Model.updated_at.desc(),),
@@ -74,10 +75,10 @@ def validate_tags(tags: Sequence[str]) -> list[str]:
 
 
 def validate_version_label(label: str) -> str:
-    if not VERSION_RE.match(label) or label.lower() in LATEST_ALIASES:
+    if not VERSION_RE.match(label) or label.lower() in RESERVED_VERSION_LABELS:
         raise InvalidInput(
             "version must be 1-64 characters of letters, digits, '.', '+', '_' and '-', "
-            "starting with a letter or digit, and not 'main' or 'latest'",
+            "starting with a letter or digit, and not main, latest or new",
             code="invalid_version",
         )
     return label
@@ -99,7 +100,9 @@ def validate_file_path(path: str) -> str:
 
 def validate_visibility(value: str) -> str:
     if value not in VISIBILITIES:
-        raise InvalidInput(f"visibility must be one of {list(VISIBILITIES)}", code="invalid_visibility")
+        raise InvalidInput(
+            f"visibility must be one of {list(VISIBILITIES)}", code="invalid_visibility"
+        )
     return value
 
 
@@ -139,8 +142,18 @@ def _upsert_category(
         existing[slug] = cat
         return cat, 1
     parent_id = parent.id if parent else None
-    if (cat.name, cat.description, cat.parent_id, cat.position) != (name, description, parent_id, position):
-        cat.name, cat.description, cat.parent_id, cat.position = name, description, parent_id, position
+    if (cat.name, cat.description, cat.parent_id, cat.position) != (
+        name,
+        description,
+        parent_id,
+        position,
+    ):
+        cat.name, cat.description, cat.parent_id, cat.position = (
+            name,
+            description,
+            parent_id,
+            position,
+        )
         return cat, 1
     return cat, 0
 
@@ -290,7 +303,9 @@ def set_contributors(
     for pos, share in enumerate(shares):
         bps = share.get("share_bps")
         if not isinstance(bps, int) or isinstance(bps, bool) or not 1 <= bps <= 10000:
-            raise InvalidInput("each share_bps must be an integer 1-10000", code="invalid_contributors")
+            raise InvalidInput(
+                "each share_bps must be an integer 1-10000", code="invalid_contributors"
+            )
         try:
             user = get_user_by_username(session, str(share.get("username", "")))
         except NotFound:
@@ -386,7 +401,7 @@ def search_models(
         raise InvalidInput(f"sort must be one of {sorted(SORTS)}", code="invalid_sort")
     if page < 1 or not 1 <= per_page <= 100:
         raise InvalidInput("page must be ≥ 1 and per_page 1-100", code="invalid_page")
-    stmt: Select[tuple[Model]] = select(Model)
+    stmt = select(Model)
     own_view = False
     if owner:
         owner_user = get_user_by_username(session, owner)
@@ -444,7 +459,9 @@ def create_version(
     return row
 
 
-def get_version(session: Session, *, model: Model, version: str, viewer: User | None) -> ModelVersion:
+def get_version(
+    session: Session, *, model: Model, version: str, viewer: User | None
+) -> ModelVersion:
     """A version by label ('main'/'latest' = newest published); drafts only for editors."""
     if version.lower() in LATEST_ALIASES:
         latest = model.latest_version
@@ -476,7 +493,9 @@ def check_upload(version: ModelVersion, actor: User, path: str) -> str:
     _require_draft(version)
     clean = validate_file_path(path)
     if len(version.files) >= MAX_FILES_PER_VERSION and all(f.path != clean for f in version.files):
-        raise InvalidInput(f"a version holds at most {MAX_FILES_PER_VERSION} files", code="too_many_files")
+        raise InvalidInput(
+            f"a version holds at most {MAX_FILES_PER_VERSION} files", code="too_many_files"
+        )
     return clean
 
 
@@ -498,7 +517,9 @@ def record_file(
         existing.updated_at = utcnow()
         session.flush()
         return existing
-    row = ModelFile(version=version, path=clean, sha256=sha256, size=size, content_type=content_type)
+    row = ModelFile(
+        version=version, path=clean, sha256=sha256, size=size, content_type=content_type
+    )
     session.add(row)
     session.flush()
     return row
@@ -538,7 +559,9 @@ def publish_version(session: Session, *, version: ModelVersion, actor: User) -> 
     _require_edit(version.model, actor)
     _require_draft(version)
     if not version.files:
-        raise Conflict("a version needs at least one file before it is published", code="version_empty")
+        raise Conflict(
+            "a version needs at least one file before it is published", code="version_empty"
+        )
     now = utcnow()
     version.manifest = build_manifest(version)
     version.manifest_sha256 = manifest_digest(version.manifest)
@@ -562,5 +585,8 @@ def delete_version(session: Session, *, version: ModelVersion, actor: User) -> N
 def record_download(session: Session, *, model: Model) -> None:
     """Count one download of the model (drives the 'popular' sort)."""
     session.execute(
-        Model.__table__.update().where(Model.id == model.id).values(downloads=Model.downloads + 1)
+        update(Model)
+        .where(Model.id == model.id)
+        .values(downloads=Model.downloads + 1)
+        .execution_options(synchronize_session=False)
     )

@@ -19,12 +19,16 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
+app.add_typer(ledger_app, name="ledger")
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", envvar="CYXWIZ_DATA_DIR", help="Where the database, keys and blobs live."),
+    typer.Option(
+        "--data-dir", envvar="CYXWIZ_DATA_DIR", help="Where the database, keys and blobs live."
+    ),
 ]
 
 
@@ -57,7 +61,9 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    demo: Annotated[bool, typer.Option("--demo", help="Build the demo catalogue if the database is empty.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Build the demo catalogue if the database is empty.")
+    ] = False,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
 ) -> None:
     """Run the marketplace (migrates the database first)."""
@@ -126,7 +132,13 @@ def user_create(
     username: str,
     email: Annotated[str, typer.Option(help="Email address.")],
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="CYXWIZ_NEW_USER_PASSWORD")
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="CYXWIZ_NEW_USER_PASSWORD",
+        ),
     ],
     admin: Annotated[bool, typer.Option("--admin", help="Give the user the admin role.")] = False,
     data_dir: DataDir = None,
@@ -142,7 +154,11 @@ def user_create(
     try:
         with db.session() as session:
             user = register(
-                session, username=username, email=email, password=password, role="admin" if admin else "user"
+                session,
+                username=username,
+                email=email,
+                password=password,
+                role="admin" if admin else "user",
             )
             typer.echo(f"created {user.role} {user.username} ({user.id})")
     except DomainError as exc:
@@ -150,6 +166,33 @@ def user_create(
         raise typer.Exit(1) from None
     finally:
         db.engine.dispose()
+
+
+@ledger_app.command("check")
+def ledger_check(data_dir: DataDir = None) -> None:
+    """Prove the ledger's invariants per currency; exit 1 with a report if any is broken."""
+    from cyxwiz.db import Database
+    from cyxwiz.ledger.service import check
+    from cyxwiz.money import format_amount
+
+    settings = load_settings(data_dir)
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            report = check(session)
+    finally:
+        db.engine.dispose()
+    typer.echo(f"{report.accounts} accounts, {report.transfers} transfers")
+    for cur, sums in sorted(report.currencies.items()):
+        typer.echo(
+            f"  {cur}: posted {format_amount(sums['debits_posted'], cur)} both sides, "
+            f"pending {format_amount(sums['debits_pending'], cur)}"
+        )
+    if not report.ok:
+        for problem in report.problems:
+            typer.secho(f"PROBLEM: {problem}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.secho("ledger check: clean", fg="green")
 
 
 def run() -> None:

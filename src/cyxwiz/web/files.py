@@ -6,14 +6,58 @@ import base64
 import re
 from collections.abc import Iterator
 
+import anyio.to_thread
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from cyxwiz.catalog.models import ModelFile
 from cyxwiz.errors import RangeNotSatisfiable
 from cyxwiz.storage import BlobStore
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+class BlobStreamResponse(Response):
+    """Streams decrypted pieces, pulling about 8 MiB per worker-thread hop.
+
+    Starlette's StreamingResponse hops to a thread for every piece of a sync iterator; at
+    1 MiB pieces that hop, not AES-GCM, bounds throughput. Batching keeps memory bounded
+    (one batch in flight) and the event loop free while blobs are read and decrypted.
+    """
+
+    def __init__(
+        self, body: Iterator[bytes], *, status_code: int, headers: dict[str, str], media_type: str
+    ) -> None:
+        super().__init__(
+            content=None, status_code=status_code, headers=headers, media_type=media_type
+        )
+        self._pieces = body
+
+    def _take(self) -> list[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        for piece in self._pieces:
+            batch.append(piece)
+            size += len(piece)
+            if size >= BATCH_BYTES:
+                break
+        return batch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        try:
+            while batch := await anyio.to_thread.run_sync(self._take):
+                for piece in batch:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -40,7 +84,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return start, end
     suffix = int(last)
     if suffix == 0:
-        raise RangeNotSatisfiable("empty suffix range", headers={"Content-Range": f"bytes */{size}"})
+        raise RangeNotSatisfiable(
+            "empty suffix range", headers={"Content-Range": f"bytes */{size}"}
+        )
     return max(0, size - suffix), size
 
 
@@ -75,4 +121,4 @@ def file_response(request: Request, blobs: BlobStore, f: ModelFile) -> Response:
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=f.content_type)
     body: Iterator[bytes] = blobs.read_range(f.sha256, start, end)
-    return StreamingResponse(body, status_code=status, headers=headers, media_type=f.content_type)
+    return BlobStreamResponse(body, status_code=status, headers=headers, media_type=f.content_type)

@@ -90,7 +90,9 @@ def create_api_key(
 
 
 @router.get("/api-keys", response_model=list[ApiKeyOut])
-def list_api_keys(session: SessionDep, user: CurrentUser, principal: PrincipalDep) -> list[ApiKeyOut]:
+def list_api_keys(
+    session: SessionDep, user: CurrentUser, principal: PrincipalDep
+) -> list[ApiKeyOut]:
     """Your API keys (never the secret), newest first."""
     _no_api_key(principal)
     return [ApiKeyOut.model_validate(k) for k in accounts.list_api_keys(session, user=user)]

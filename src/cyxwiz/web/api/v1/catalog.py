@@ -45,7 +45,10 @@ def categories(session: SessionDep) -> list[CategoryNodeOut]:
             name=node.category.name,
             description=node.category.description,
             model_count=node.model_count,
-            children=[CategoryRef(slug=c.slug, name=c.name, parent=node.category.slug) for c in node.children],
+            children=[
+                CategoryRef(slug=c.slug, name=c.name, parent=node.category.slug)
+                for c in node.children
+            ],
         )
         for node in catalog.category_tree(session)
     ]
@@ -55,8 +58,12 @@ def categories(session: SessionDep) -> list[CategoryNodeOut]:
 def list_models(
     session: SessionDep,
     viewer: ViewerDep,
-    q: Annotated[str | None, Query(max_length=200, description="words in name, title, summary or tags")] = None,
-    category: Annotated[str | None, Query(description="category slug (a parent includes its children)")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="words in name, title, summary or tags")
+    ] = None,
+    category: Annotated[
+        str | None, Query(description="category slug (a parent includes its children)")
+    ] = None,
     tag: str | None = None,
     owner: str | None = None,
     task: str | None = None,
@@ -66,8 +73,16 @@ def list_models(
 ) -> ModelPage:
     """Search public models. With `owner` set to yourself you also see drafts and private ones."""
     result = catalog.search_models(
-        session, viewer=viewer, q=q, category=category, tag=tag, owner=owner, task=task,
-        sort=sort, page=page, per_page=per_page,
+        session,
+        viewer=viewer,
+        q=q,
+        category=category,
+        tag=tag,
+        owner=owner,
+        task=task,
+        sort=sort,
+        page=page,
+        per_page=per_page,
     )
     return ModelPage(
         items=[model_summary(m) for m in result.items],
@@ -92,7 +107,9 @@ def get_model(owner: str, name: str, session: SessionDep, viewer: ViewerDep) -> 
 
 
 @router.patch("/models/{owner}/{name}", response_model=ModelOut)
-def update_model(owner: str, name: str, body: ModelUpdate, session: SessionDep, user: CurrentUser) -> ModelOut:
+def update_model(
+    owner: str, name: str, body: ModelUpdate, session: SessionDep, user: CurrentUser
+) -> ModelOut:
     """Change fields of a listing; only the fields you send change."""
     model = catalog.get_model_for_edit(session, owner=owner, name=name, actor=user)
     changes = body.model_dump(exclude_unset=True)
@@ -113,41 +130,61 @@ def delete_model(owner: str, name: str, session: SessionDep, user: CurrentUser) 
 
 
 @router.get("/models/{owner}/{name}/versions", response_model=list[VersionOut])
-def list_versions(owner: str, name: str, session: SessionDep, viewer: ViewerDep) -> list[VersionOut]:
+def list_versions(
+    owner: str, name: str, session: SessionDep, viewer: ViewerDep
+) -> list[VersionOut]:
     """Versions newest first; drafts only for the owner and admins."""
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
     return [version_out(v) for v in catalog.visible_versions(model, viewer)]
 
 
-@router.post("/models/{owner}/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=VersionOut)
-def create_version(owner: str, name: str, body: VersionCreate, session: SessionDep, user: CurrentUser) -> VersionOut:
+@router.post(
+    "/models/{owner}/{name}/versions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=VersionOut,
+)
+def create_version(
+    owner: str, name: str, body: VersionCreate, session: SessionDep, user: CurrentUser
+) -> VersionOut:
     """Start a draft version; upload files to it, then publish."""
     model = catalog.get_model_for_edit(session, owner=owner, name=name, actor=user)
-    return version_out(catalog.create_version(session, model=model, actor=user, version=body.version, notes=body.notes))
+    return version_out(
+        catalog.create_version(
+            session, model=model, actor=user, version=body.version, notes=body.notes
+        )
+    )
 
 
 @router.get("/models/{owner}/{name}/versions/{version}", response_model=VersionOut)
-def get_version(owner: str, name: str, version: str, session: SessionDep, viewer: ViewerDep) -> VersionOut:
+def get_version(
+    owner: str, name: str, version: str, session: SessionDep, viewer: ViewerDep
+) -> VersionOut:
     """One version ('main' or 'latest' is the newest published one)."""
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
     return version_out(catalog.get_version(session, model=model, version=version, viewer=viewer))
 
 
 @router.post("/models/{owner}/{name}/versions/{version}/publish", response_model=VersionOut)
-def publish_version(owner: str, name: str, version: str, session: SessionDep, user: CurrentUser) -> VersionOut:
+def publish_version(
+    owner: str, name: str, version: str, session: SessionDep, user: CurrentUser
+) -> VersionOut:
     """Freeze a draft version and write its manifest (paths, sizes, sha256) and digest."""
     ver = _editable_version(session, owner, name, version, user)
     return version_out(catalog.publish_version(session, version=ver, actor=user))
 
 
 @router.delete("/models/{owner}/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_version(owner: str, name: str, version: str, session: SessionDep, user: CurrentUser) -> None:
+def delete_version(
+    owner: str, name: str, version: str, session: SessionDep, user: CurrentUser
+) -> None:
     """Delete a draft version."""
     ver = _editable_version(session, owner, name, version, user)
     catalog.delete_version(session, version=ver, actor=user)
 
 
-def _editable_version(session: Session, owner: str, name: str, version: str, user: User) -> ModelVersion:
+def _editable_version(
+    session: Session, owner: str, name: str, version: str, user: User
+) -> ModelVersion:
     model = catalog.get_model_for_edit(session, owner=owner, name=name, actor=user)
     return catalog.get_version(session, model=model, version=version, viewer=user)
 
@@ -158,7 +195,9 @@ FILE_ROUTE = "/models/{owner}/{name}/versions/{version}/files/{path:path}"
 
 
 @router.get("/models/{owner}/{name}/versions/{version}/files", response_model=list[FileOut])
-def list_files(owner: str, name: str, version: str, session: SessionDep, viewer: ViewerDep) -> list[FileOut]:
+def list_files(
+    owner: str, name: str, version: str, session: SessionDep, viewer: ViewerDep
+) -> list[FileOut]:
     """Files of a version with sizes and sha256."""
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
     ver = catalog.get_version(session, model=model, version=version, viewer=viewer)
@@ -169,7 +208,13 @@ def list_files(owner: str, name: str, version: str, session: SessionDep, viewer:
     FILE_ROUTE,
     response_model=FileOut,
     responses={201: {"model": FileOut}},
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        }
+    },
 )
 async def put_file(
     owner: str,
@@ -197,7 +242,9 @@ async def put_file(
     expected = request.headers.get("x-checksum-sha256")
     if expected and expected.strip().lower() != sha:
         raise InvalidInput(
-            f"received bytes hash to {sha}, not the X-Checksum-Sha256 you sent", code="checksum_mismatch", status=400
+            f"received bytes hash to {sha}, not the X-Checksum-Sha256 you sent",
+            code="checksum_mismatch",
+            status=400,
         )
     content_type = request.headers.get("content-type") or "application/octet-stream"
 
@@ -205,7 +252,13 @@ async def put_file(
         ver = _editable_version(session, owner, name, version, user)
         existed = any(f.path == path for f in ver.files)
         row = catalog.record_file(
-            session, version=ver, actor=user, path=path, sha256=sha, size=size, content_type=content_type[:100]
+            session,
+            version=ver,
+            actor=user,
+            path=path,
+            sha256=sha,
+            size=size,
+            content_type=content_type[:100],
         )
         response.status_code = status.HTTP_200_OK if existed else status.HTTP_201_CREATED
         return file_out(row)
@@ -233,10 +286,23 @@ async def stream_body_to_blob(request: Request, blobs: BlobStore, max_size: int)
     return info.address, info.size
 
 
-@router.get(FILE_ROUTE, response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial content"}})
+@router.get(
+    FILE_ROUTE,
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        206: {"description": "partial content"},
+    },
+)
 def get_file(
-    owner: str, name: str, version: str, path: str, request: Request,
-    session: SessionDep, viewer: ViewerDep, blobs: BlobStoreDep,
+    owner: str,
+    name: str,
+    version: str,
+    path: str,
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    blobs: BlobStoreDep,
 ) -> Response:
     """Download a file; supports Range, If-None-Match and HEAD."""
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
@@ -244,9 +310,15 @@ def get_file(
     check_download(session, version=ver, viewer=viewer)
     f = catalog.get_file(version=ver, path=path)
     resp = file_response(request, blobs, f)
-    if resp.status_code == 200 or (resp.status_code == 206 and request.headers.get("range", "").startswith("bytes=0-")):
-        if request.method == "GET" and not catalog.can_edit(model, viewer):
-            catalog.record_download(session, model=model)
+    if (
+        (
+            resp.status_code == 200
+            or (resp.status_code == 206 and request.headers.get("range", "").startswith("bytes=0-"))
+        )
+        and request.method == "GET"
+        and not catalog.can_edit(model, viewer)
+    ):
+        catalog.record_download(session, model=model)
     return resp
 
 
@@ -254,7 +326,9 @@ router.add_api_route(FILE_ROUTE, get_file, methods=["HEAD"], include_in_schema=F
 
 
 @router.delete(FILE_ROUTE, status_code=status.HTTP_204_NO_CONTENT)
-def delete_file(owner: str, name: str, version: str, path: str, session: SessionDep, user: CurrentUser) -> None:
+def delete_file(
+    owner: str, name: str, version: str, path: str, session: SessionDep, user: CurrentUser
+) -> None:
     """Remove a file from a draft version."""
     ver = _editable_version(session, owner, name, version, user)
     catalog.delete_file(session, version=ver, actor=user, path=path)
