@@ -1,8 +1,17 @@
 """Imports every domain's ORM models so ``Base.metadata`` is complete (migrations, tests)."""
 
 from cyxwiz.accounts import models as accounts_models
+from cyxwiz.billing import models as billing_models
 from cyxwiz.catalog import models as catalog_models
 from cyxwiz.db import Base
 from cyxwiz.ledger import models as ledger_models
+from cyxwiz.licensing import models as licensing_models
 
-__all__ = ["Base", "accounts_models", "catalog_models", "ledger_models"]
+__all__ = [
+    "Base",
+    "accounts_models",
+    "billing_models",
+    "catalog_models",
+    "ledger_models",
+    "licensing_models",
+]

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     max_json_bytes: int = 1024 * 1024
     cookie_secure: bool = False
 
+    # Money
+    cyx_price_usdc: str = Field(default="0.25", description="USDC per 1 CYX for CYX payments")
+    cyx_discount_bps: int = 1500
+    refund_window_days: int = 7
+    release_interval_seconds: float = 60.0
+    faucet_max_amount: int = 10_000 * 10**6
+
     @field_validator("previous_master_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

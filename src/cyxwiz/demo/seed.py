@@ -18,7 +18,7 @@ from cyxwiz.demo.models import DEMO_CREATORS, DemoModel, build_demo_models
 from cyxwiz.errors import NotFound
 from cyxwiz.storage import BlobStore, blob_store_from_settings
 
-DEMO_PASSWORD = "cyxwiz-demo"  # dev-mode demo accounts only; printed by `cyxwiz demo`
+DEMO_PASSWORD = "cyxwiz-demo"  # noqa: S105 (dev-mode demo accounts only; printed by `cyxwiz demo`)
 DEMO_VERSION = "1.0.0"
 
 
@@ -47,7 +47,8 @@ def _ensure_creator(session: Session, username: str, display_name: str, bio: str
 def load_models(session: Session, blobs: BlobStore, models: list[DemoModel]) -> SeedReport:
     """Create each demo listing with one published version; existing listings are left alone."""
     creators = {
-        c.username: _ensure_creator(session, c.username, c.display_name, c.bio) for c in DEMO_CREATORS
+        c.username: _ensure_creator(session, c.username, c.display_name, c.bio)
+        for c in DEMO_CREATORS
     }
     created = existing = 0
     for dm in models:
@@ -75,7 +76,11 @@ def load_models(session: Session, blobs: BlobStore, models: list[DemoModel]) -> 
                 model=model,
                 actor=owner,
                 shares=[
-                    {"username": u, "share_bps": bps, "role": "creator" if u == owner.username else "contributor"}
+                    {
+                        "username": u,
+                        "share_bps": bps,
+                        "role": "creator" if u == owner.username else "contributor",
+                    }
                     for u, bps in dm.contributors
                 ],
             )
@@ -84,10 +89,17 @@ def load_models(session: Session, blobs: BlobStore, models: list[DemoModel]) -> 
         )
         for path, data in sorted(dm.files.items()):
             info = blobs.put_bytes(data)
-            content_type = "application/json" if path.endswith(".json") else "application/octet-stream"
+            content_type = (
+                "application/json" if path.endswith(".json") else "application/octet-stream"
+            )
             catalog.record_file(
-                session, version=version, actor=owner, path=path, sha256=info.address,
-                size=info.size, content_type=content_type,
+                session,
+                version=version,
+                actor=owner,
+                path=path,
+                sha256=info.address,
+                size=info.size,
+                content_type=content_type,
             )
         catalog.publish_version(session, version=version, actor=owner)
         created += 1

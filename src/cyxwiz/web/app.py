@@ -10,8 +10,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from cyxwiz import __version__
+from cyxwiz.clock import Clock, SystemClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
+from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.storage import BlobStore, blob_store_from_settings
 from cyxwiz.web import problems
 from cyxwiz.web.api.v1 import auth as auth_api
@@ -28,6 +30,7 @@ def create_app(
     *,
     database: Database | None = None,
     blobs: BlobStore | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """Build the app for ``settings``; tests pass their own database and blob store."""
     app = FastAPI(
@@ -45,6 +48,8 @@ def create_app(
         settings=settings,
         db=database or Database.from_url(settings.resolved_database_url),
         blobs=blobs or blob_store_from_settings(settings),
+        clock=clock or SystemClock(),
+        signer=LicenseSigner(settings.master_keys),
     )
     problems.install(app)
 

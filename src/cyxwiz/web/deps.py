@@ -11,9 +11,11 @@ from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
 from cyxwiz.accounts.service import Principal, resolve_bearer
+from cyxwiz.clock import Clock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.errors import NotAuthenticated, PermissionDenied
+from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.storage import BlobStore
 
 SESSION_COOKIE = "cxw_session"
@@ -28,6 +30,8 @@ class AppContext:
     settings: Settings
     db: Database
     blobs: BlobStore
+    clock: Clock
+    signer: LicenseSigner
 
 
 def get_ctx(request: Request) -> AppContext:

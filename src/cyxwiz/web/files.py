@@ -5,15 +5,23 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
+from cyxwiz.accounts.models import User
+from cyxwiz.catalog import service as catalog
 from cyxwiz.catalog.models import ModelFile
 from cyxwiz.errors import RangeNotSatisfiable
+from cyxwiz.licensing.service import check_download, count_license_download
 from cyxwiz.storage import BlobStore
+
+if TYPE_CHECKING:
+    from cyxwiz.web.deps import AppContext
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 BATCH_BYTES = 8 * 1024 * 1024
@@ -122,3 +130,40 @@ def file_response(request: Request, blobs: BlobStore, f: ModelFile) -> Response:
         return Response(status_code=status, headers=headers, media_type=f.content_type)
     body: Iterator[bytes] = blobs.read_range(f.sha256, start, end)
     return BlobStreamResponse(body, status_code=status, headers=headers, media_type=f.content_type)
+
+
+def serve_model_file(
+    request: Request,
+    session: Session,
+    ctx: AppContext,
+    *,
+    owner: str,
+    name: str,
+    version: str,
+    path: str,
+    viewer: User | None,
+) -> Response:
+    """The one download path (API and HF-style routes): visibility, entitlement, streaming,
+    and counting a download (per model and per license) on full GETs by non-owners."""
+    model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
+    ver = catalog.get_version(session, model=model, version=version, viewer=viewer)
+    lic = check_download(
+        session,
+        version=ver,
+        viewer=viewer,
+        signer=ctx.signer,
+        key=request.headers.get("x-license-key"),
+        now=ctx.clock.now(),
+    )
+    f = catalog.get_file(version=ver, path=path)
+    response = file_response(request, ctx.blobs, f)
+    if ver.manifest_sha256:
+        response.headers["X-Repo-Commit"] = ver.manifest_sha256[:40]
+    whole = response.status_code == 200 or (
+        response.status_code == 206 and request.headers.get("range", "").startswith("bytes=0-")
+    )
+    if request.method == "GET" and whole and not catalog.can_edit(model, viewer):
+        catalog.record_download(session, model=model)
+        if lic is not None:
+            count_license_download(session, license=lic)
+    return response

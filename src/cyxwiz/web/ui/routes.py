@@ -28,10 +28,9 @@ from cyxwiz.catalog.models import Model, ModelVersion
 from cyxwiz.catalog.schemas import ModelCreate, ModelUpdate, VersionCreate
 from cyxwiz.config import Settings
 from cyxwiz.errors import DomainError, InvalidInput
-from cyxwiz.licensing.service import check_download
 from cyxwiz.storage import BlobStore
-from cyxwiz.web.deps import SESSION_COOKIE, BlobStoreDep, SessionDep, SettingsDep
-from cyxwiz.web.files import file_response
+from cyxwiz.web.deps import SESSION_COOKIE, BlobStoreDep, CtxDep, SessionDep, SettingsDep
+from cyxwiz.web.files import serve_model_file
 from cyxwiz.web.ui.forms import (
     CsrfForm,
     UiActor,
@@ -753,19 +752,9 @@ def resolve(
     path: str,
     session: SessionDep,
     viewer: UiViewer,
-    blobs: BlobStoreDep,
+    ctx: CtxDep,
 ) -> Response:
     """Download a file, Hugging Face style ('main' = latest published); Range and HEAD work."""
-    model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
-    ver = catalog.get_version(session, model=model, version=version, viewer=viewer)
-    check_download(session, version=ver, viewer=viewer)
-    f = catalog.get_file(version=ver, path=path)
-    response = file_response(request, blobs, f)
-    if ver.manifest_sha256:
-        response.headers["X-Repo-Commit"] = ver.manifest_sha256[:40]
-    whole = response.status_code == 200 or (
-        response.status_code == 206 and request.headers.get("range", "").startswith("bytes=0-")
+    return serve_model_file(
+        request, session, ctx, owner=owner, name=name, version=version, path=path, viewer=viewer
     )
-    if request.method == "GET" and whole and not catalog.can_edit(model, viewer):
-        catalog.record_download(session, model=model)
-    return response

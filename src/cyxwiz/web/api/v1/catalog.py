@@ -27,10 +27,9 @@ from cyxwiz.catalog.schemas import (
     version_out,
 )
 from cyxwiz.errors import InvalidInput
-from cyxwiz.licensing.service import check_download
 from cyxwiz.storage import BlobStore
-from cyxwiz.web.deps import BlobStoreDep, CurrentUser, SessionDep, SettingsDep, ViewerDep
-from cyxwiz.web.files import file_response
+from cyxwiz.web.deps import BlobStoreDep, CtxDep, CurrentUser, SessionDep, SettingsDep, ViewerDep
+from cyxwiz.web.files import serve_model_file
 
 router = APIRouter(tags=["catalog"])
 UPLOAD_BUFFER = 1024 * 1024
@@ -302,24 +301,13 @@ def get_file(
     request: Request,
     session: SessionDep,
     viewer: ViewerDep,
-    blobs: BlobStoreDep,
+    ctx: CtxDep,
 ) -> Response:
-    """Download a file; supports Range, If-None-Match and HEAD."""
-    model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
-    ver = catalog.get_version(session, model=model, version=version, viewer=viewer)
-    check_download(session, version=ver, viewer=viewer)
-    f = catalog.get_file(version=ver, path=path)
-    resp = file_response(request, blobs, f)
-    if (
-        (
-            resp.status_code == 200
-            or (resp.status_code == 206 and request.headers.get("range", "").startswith("bytes=0-"))
-        )
-        and request.method == "GET"
-        and not catalog.can_edit(model, viewer)
-    ):
-        catalog.record_download(session, model=model)
-    return resp
+    """Download a file; supports Range, If-None-Match and HEAD. Paid models need a license
+    (the buyer's token, or `X-License-Key`)."""
+    return serve_model_file(
+        request, session, ctx, owner=owner, name=name, version=version, path=path, viewer=viewer
+    )
 
 
 router.add_api_route(FILE_ROUTE, get_file, methods=["HEAD"], include_in_schema=False)

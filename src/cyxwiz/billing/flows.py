@@ -1,0 +1,576 @@
+"""Flows that move money: faucet, one-time purchase into escrow, release, refunds, earnings.
+
+Every movement is a ledger transfer with a deterministic id derived from the business record
+(purchase id + step), so a retried or concurrently repeated flow lands on the same transfers and
+never moves money twice. Flows flush and never commit; the caller's transaction is the unit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.orm import Session
+
+from cyxwiz.accounts.models import User
+from cyxwiz.billing.models import CreatorDebt, Purchase
+from cyxwiz.catalog.models import Model, ModelContributor
+from cyxwiz.catalog.service import can_view
+from cyxwiz.config import Settings
+from cyxwiz.errors import Conflict, DomainError, InvalidInput, NotFound, PermissionDenied
+from cyxwiz.ledger import service as ledger
+from cyxwiz.ledger.models import LedgerAccount, LedgerTransfer
+from cyxwiz.ledger.service import TransferSpec
+from cyxwiz.licensing.models import License
+from cyxwiz.licensing.service import active_license, get_offers
+from cyxwiz.money import BPS, Currency, allocate, bps_of, format_amount
+
+NS = uuid.UUID("5b0f7c1e-9f3a-4e0c-8a55-0c1d2e3f4a5b")
+# (lifetime released sales in USDC minor units at least, platform fee bps)
+FEE_TIERS: tuple[tuple[int, int], ...] = (
+    (100_000 * 10**6, 1200),
+    (10_000 * 10**6, 1500),
+    (1_000 * 10**6, 1800),
+    (0, 2000),
+)
+TIER_NAMES = {2000: "starter", 1800: "rising", 1500: "pro", 1200: "elite"}
+
+
+class RefundWindowClosed(DomainError):
+    code = "refund_window_closed"
+    status = 409
+    title = "Refund window closed"
+
+
+def _tid(*parts: object) -> uuid.UUID:
+    return uuid.uuid5(NS, ":".join(str(p) for p in parts))
+
+
+# ---------------------------------------------------------------- accounts
+
+
+def user_account(session: Session, user_id: uuid.UUID, currency: Currency) -> LedgerAccount:
+    """The spendable balance of a user (cannot go below zero)."""
+    return ledger.get_or_create_account(
+        session,
+        code=f"user:{user_id}:{currency.value}",
+        currency=currency,
+        kind="user_balance",
+        user_id=user_id,
+    )
+
+
+def earnings_account(session: Session, user_id: uuid.UUID, currency: Currency) -> LedgerAccount:
+    """A creator's released earnings (cannot go below zero)."""
+    return ledger.get_or_create_account(
+        session,
+        code=f"earnings:{user_id}:{currency.value}",
+        currency=currency,
+        kind="creator_earnings",
+        user_id=user_id,
+    )
+
+
+def platform_account(session: Session, purpose: str, currency: Currency) -> LedgerAccount:
+    """Platform accounts: revenue and escrow hold money (no overdraft); the faucet is a source."""
+    return ledger.get_or_create_account(
+        session,
+        code=f"platform:{purpose}:{currency.value}",
+        currency=currency,
+        kind=f"platform_{purpose}",
+        no_overdraft=purpose != "faucet",
+    )
+
+
+# ---------------------------------------------------------------- funding
+
+
+def faucet(
+    session: Session,
+    *,
+    settings: Settings,
+    user: User,
+    currency: Currency,
+    amount: int,
+    idempotency_key: str,
+) -> LedgerTransfer:
+    """Dev mode only: credit test funds through a normal transfer from the faucet account."""
+    if settings.is_production:
+        raise PermissionDenied("the faucet does not exist in production", code="faucet_disabled")
+    if not 1 <= amount <= settings.faucet_max_amount:
+        raise InvalidInput(
+            f"amount must be between 1 and {format_amount(settings.faucet_max_amount, currency)} per call",
+            code="invalid_amount",
+        )
+    src = platform_account(session, "faucet", currency)
+    dst = user_account(session, user.id, currency)
+    return ledger.create_transfer(
+        session,
+        TransferSpec(
+            id=_tid("faucet", user.id, idempotency_key),
+            code="faucet",
+            debit=src.id,
+            credit=dst.id,
+            amount=amount,
+            ref=f"user:{user.id}",
+        ),
+    )
+
+
+def balances(session: Session, *, user: User) -> dict[str, dict[str, Any]]:
+    """Spendable balance and creator earnings per currency."""
+    out: dict[str, dict[str, Any]] = {}
+    for cur in Currency:
+        out[cur.value] = {
+            "balance": ledger.balance_of(session, user_account(session, user.id, cur).id).as_dict(),
+            "earnings": ledger.balance_of(
+                session, earnings_account(session, user.id, cur).id
+            ).as_dict(),
+        }
+    return out
+
+
+# ---------------------------------------------------------------- pricing
+
+
+def cyx_rate_micro(settings: Settings) -> int:
+    """Micro-USDC per 1 CYX."""
+    rate = Decimal(settings.cyx_price_usdc)
+    if rate <= 0:
+        raise InvalidInput("CYX rate must be positive")
+    return int(rate.scaleb(6))
+
+
+def price_in(settings: Settings, usdc_price: int, currency: Currency) -> int:
+    """What a buyer pays in ``currency`` for a USDC price (CYX: discounted, rounded up)."""
+    if currency is Currency.USDC:
+        return usdc_price
+    discounted = usdc_price - bps_of(usdc_price, settings.cyx_discount_bps)
+    rate = cyx_rate_micro(settings)
+    return -(-discounted * 10**6 // rate)
+
+
+def lifetime_released_usdc(session: Session, *, creator_id: uuid.UUID) -> int:
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Purchase.list_price_usdc), 0)).where(
+                Purchase.creator_id == creator_id, Purchase.status == "released"
+            )
+        )
+        or 0
+    )
+
+
+def fee_bps_for(lifetime_usdc: int) -> int:
+    for threshold, bps in FEE_TIERS:
+        if lifetime_usdc >= threshold:
+            return bps
+    return FEE_TIERS[-1][1]
+
+
+# ---------------------------------------------------------------- purchase
+
+
+def purchase(
+    session: Session,
+    *,
+    settings: Settings,
+    buyer: User,
+    model: Model,
+    currency: Currency,
+    idempotency_key: str,
+    now: datetime,
+) -> tuple[Purchase, bool]:
+    """Buy a perpetual license: funds go to escrow (pending), the license is active at once.
+
+    Returns (purchase, created). A retry with the same Idempotency-Key returns the first purchase.
+    """
+    existing = session.scalar(
+        select(Purchase).where(
+            Purchase.buyer_id == buyer.id, Purchase.idempotency_key == idempotency_key
+        )
+    )
+    if existing is not None:
+        return _same_request(existing, model, currency), False
+    if not can_view(model, buyer) or model.visibility not in ("public", "unlisted"):
+        raise NotFound(f"model {model.full_name} not found", code="model_not_found")
+    if model.latest_version is None:
+        raise Conflict(f"{model.full_name} has no published version to sell", code="not_for_sale")
+    if model.owner_id == buyer.id:
+        raise Conflict("you cannot buy your own model", code="own_model")
+    offer = get_offers(session, model=model).one_time
+    if offer is None:
+        raise Conflict(f"{model.full_name} is free; download it directly", code="not_for_sale")
+    if active_license(session, buyer_id=buyer.id, model_id=model.id) is not None:
+        raise Conflict(f"you already hold a license for {model.full_name}", code="already_licensed")
+    amount = price_in(settings, offer.amount, currency)
+    fee = fee_bps_for(lifetime_released_usdc(session, creator_id=model.owner_id))
+    purchase_id = _tid("purchase", buyer.id, idempotency_key)
+    escrow_id = _tid(purchase_id, "escrow")
+    lic = License(
+        model_id=model.id,
+        buyer_id=buyer.id,
+        currency=currency.value,
+        amount_paid=amount,
+        created_at=now,
+    )
+    row = Purchase(
+        id=purchase_id,
+        buyer_id=buyer.id,
+        model_id=model.id,
+        creator_id=model.owner_id,
+        idempotency_key=idempotency_key,
+        currency=currency.value,
+        list_price_usdc=offer.amount,
+        amount=amount,
+        fee_bps=fee,
+        splits=[{"user_id": str(c.user_id), "share_bps": c.share_bps} for c in model.contributors],
+        status="escrow",
+        escrow_transfer_id=escrow_id,
+        refund_window_ends_at=now + timedelta(days=settings.refund_window_days),
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(lic)
+            session.flush()
+            row.license_id = lic.id
+            session.add(row)
+            session.flush()
+            ledger.create_transfer(
+                session,
+                TransferSpec(
+                    id=escrow_id,
+                    code="purchase.escrow",
+                    debit=user_account(session, buyer.id, currency).id,
+                    credit=platform_account(session, "escrow", currency).id,
+                    amount=amount,
+                    kind="pending",
+                    ref=f"purchase:{purchase_id}",
+                ),
+            )
+    except DBIntegrityError:
+        # A concurrent request with the same key, or for the same model, won the race.
+        again = session.scalar(
+            select(Purchase)
+            .where(Purchase.buyer_id == buyer.id, Purchase.idempotency_key == idempotency_key)
+            .execution_options(populate_existing=True)
+        )
+        if again is not None:
+            return _same_request(again, model, currency), False
+        raise Conflict(
+            f"you already hold a license for {model.full_name}", code="already_licensed"
+        ) from None
+    return row, True
+
+
+def _same_request(existing: Purchase, model: Model, currency: Currency) -> Purchase:
+    if existing.model_id != model.id or existing.currency != currency.value:
+        raise Conflict(
+            "this Idempotency-Key was used for a different purchase", code="idempotency_key_reused"
+        )
+    return existing
+
+
+# ---------------------------------------------------------------- release
+
+
+def release(session: Session, *, purchase: Purchase, now: datetime) -> bool:
+    """Post the escrow and pay fee + contributor shares in one linked set; idempotent."""
+    if purchase.status != "escrow":
+        return False
+    cur = Currency(purchase.currency)
+    escrow = platform_account(session, "escrow", cur)
+    revenue = platform_account(session, "revenue", cur)
+    fee = bps_of(purchase.amount, purchase.fee_bps)
+    share_total = purchase.amount - fee
+    weights = [int(s["share_bps"]) for s in purchase.splits]
+    parts = allocate(share_total, weights)
+    specs = [
+        TransferSpec(
+            id=_tid(purchase.id, "post"),
+            code="purchase.capture",
+            kind="post",
+            pending_id=purchase.escrow_transfer_id,
+            ref=f"purchase:{purchase.id}",
+        ),
+        TransferSpec(
+            id=_tid(purchase.id, "fee"),
+            code="purchase.fee",
+            debit=escrow.id,
+            credit=revenue.id,
+            amount=fee,
+            ref=f"purchase:{purchase.id}",
+        ),
+    ]
+    for split, part in zip(purchase.splits, parts, strict=True):
+        uid = uuid.UUID(split["user_id"])
+        specs.extend(_pay_share(session, purchase, uid, part, cur, escrow, revenue))
+    ledger.create_transfers(session, specs)
+    changed = session.execute(
+        update(Purchase)
+        .where(Purchase.id == purchase.id, Purchase.status == "escrow")
+        .values(status="released", released_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(purchase)
+    return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+
+def _pay_share(
+    session: Session,
+    purchase: Purchase,
+    user_id: uuid.UUID,
+    part: int,
+    cur: Currency,
+    escrow: LedgerAccount,
+    revenue: LedgerAccount,
+) -> list[TransferSpec]:
+    """A contributor's share, repaying any debt to the platform first."""
+    specs: list[TransferSpec] = []
+    repay_total = 0
+    debts = session.scalars(
+        select(CreatorDebt)
+        .where(
+            CreatorDebt.user_id == user_id,
+            CreatorDebt.currency == cur.value,
+            CreatorDebt.remaining > 0,
+        )
+        .order_by(CreatorDebt.created_at)
+    ).all()
+    for debt in debts:
+        if repay_total >= part:
+            break
+        pay = min(debt.remaining, part - repay_total)
+        debt.remaining -= pay
+        repay_total += pay
+    if repay_total:
+        specs.append(
+            TransferSpec(
+                id=_tid(purchase.id, "repay", user_id),
+                code="debt.repay",
+                debit=escrow.id,
+                credit=revenue.id,
+                amount=repay_total,
+                ref=f"purchase:{purchase.id}",
+                meta={"user_id": str(user_id)},
+            )
+        )
+    rest = part - repay_total
+    specs.append(
+        TransferSpec(
+            id=_tid(purchase.id, "share", user_id),
+            code="purchase.share",
+            debit=escrow.id,
+            credit=earnings_account(session, user_id, cur).id,
+            amount=rest,
+            ref=f"purchase:{purchase.id}",
+        )
+    )
+    return specs
+
+
+def release_due(session: Session, *, now: datetime, limit: int = 200) -> int:
+    """Release every purchase whose refund window has closed; safe to run from many processes."""
+    due = session.scalars(
+        select(Purchase)
+        .where(Purchase.status == "escrow", Purchase.refund_window_ends_at <= now)
+        .order_by(Purchase.refund_window_ends_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return sum(1 for p in due if release(session, purchase=p, now=now))
+
+
+# ---------------------------------------------------------------- refunds
+
+
+def refund(session: Session, *, license: License, actor: User, now: datetime) -> Purchase:
+    """Refund a purchase: the buyer within the window (escrow voided), an admin at any time."""
+    row = session.scalar(select(Purchase).where(Purchase.license_id == license.id))
+    if row is None:
+        raise NotFound("no purchase for this license", code="license_not_found")
+    if actor.id != row.buyer_id and not actor.is_admin:
+        raise NotFound("no such license", code="license_not_found")
+    if row.status == "refunded":
+        return row
+    if not actor.is_admin and now >= row.refund_window_ends_at:
+        raise RefundWindowClosed(
+            f"refunds are possible for {(row.refund_window_ends_at - row.created_at).days} days after purchase; "
+            f"this window closed {row.refund_window_ends_at.isoformat()}"
+        )
+    if row.status == "escrow":
+        ledger.create_transfer(
+            session,
+            TransferSpec(
+                id=_tid(row.id, "void"),
+                code="refund.void",
+                kind="void",
+                pending_id=row.escrow_transfer_id,
+                ref=f"purchase:{row.id}",
+            ),
+        )
+    else:
+        _reverse_released(session, row)
+    changed = session.execute(
+        update(Purchase)
+        .where(Purchase.id == row.id, Purchase.status == row.status)
+        .values(status="refunded", refunded_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        raise Conflict("the purchase changed while refunding; retry", code="concurrent_update")
+    session.execute(
+        update(License)
+        .where(License.id == license.id)
+        .values(status="refunded", revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(row)
+    session.refresh(license)
+    return row
+
+
+def _reverse_released(session: Session, row: Purchase) -> None:
+    """Admin refund after release: the fee back from revenue, each share back from the
+    contributor's earnings as far as they reach; the platform fronts the rest as a debt."""
+    cur = Currency(row.currency)
+    revenue = platform_account(session, "revenue", cur)
+    buyer = user_account(session, row.buyer_id, cur)
+    fee = bps_of(row.amount, row.fee_bps)
+    parts = allocate(row.amount - fee, [int(s["share_bps"]) for s in row.splits])
+    specs = [
+        TransferSpec(
+            id=_tid(row.id, "refund.fee"),
+            code="refund.fee",
+            debit=revenue.id,
+            credit=buyer.id,
+            amount=fee,
+            ref=f"purchase:{row.id}",
+        )
+    ]
+    for split, part in zip(row.splits, parts, strict=True):
+        uid = uuid.UUID(split["user_id"])
+        earn = earnings_account(session, uid, cur)
+        available = ledger.balance_of(session, earn.id).available
+        from_creator = min(part, max(available, 0))
+        shortfall = part - from_creator
+        specs.append(
+            TransferSpec(
+                id=_tid(row.id, "refund.share", uid),
+                code="refund.share",
+                debit=earn.id,
+                credit=buyer.id,
+                amount=from_creator,
+                ref=f"purchase:{row.id}",
+            )
+        )
+        if shortfall:
+            specs.append(
+                TransferSpec(
+                    id=_tid(row.id, "refund.fronted", uid),
+                    code="refund.fronted",
+                    debit=revenue.id,
+                    credit=buyer.id,
+                    amount=shortfall,
+                    ref=f"purchase:{row.id}",
+                    meta={"debtor": str(uid)},
+                )
+            )
+            session.add(
+                CreatorDebt(
+                    user_id=uid,
+                    currency=cur.value,
+                    amount=shortfall,
+                    remaining=shortfall,
+                    purchase_id=row.id,
+                )
+            )
+    ledger.create_transfers(session, specs)
+
+
+# ---------------------------------------------------------------- earnings
+
+
+@dataclass
+class ModelEarnings:
+    model: str
+    sales: int = 0
+    refunds: int = 0
+    downloads: int = 0
+    pending: dict[str, int] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
+
+
+def creator_earnings(session: Session, *, user: User) -> dict[str, Any]:
+    """Pending (in escrow), available and lifetime earnings, tier, and per-model figures."""
+    lifetime_usdc = lifetime_released_usdc(session, creator_id=user.id)
+    fee = fee_bps_for(lifetime_usdc)
+    uid = str(user.id)
+    per_model: dict[uuid.UUID, ModelEarnings] = {}
+    pending: dict[str, int] = {c.value: 0 for c in Currency}
+    lifetime: dict[str, int] = {c.value: 0 for c in Currency}
+    mine_models = select(ModelContributor.model_id).where(ModelContributor.user_id == user.id)
+    rows = session.scalars(
+        select(Purchase).where(
+            (Purchase.creator_id == user.id) | Purchase.model_id.in_(mine_models)
+        )
+    ).all()
+    for p in rows:
+        shares = {s["user_id"]: int(s["share_bps"]) for s in p.splits}
+        if uid not in shares:
+            continue
+        me = per_model.setdefault(p.model_id, ModelEarnings(model=p.model.full_name))
+        fee_amt = bps_of(p.amount, p.fee_bps)
+        parts = allocate(p.amount - fee_amt, [int(s["share_bps"]) for s in p.splits])
+        mine = parts[[s["user_id"] for s in p.splits].index(uid)]
+        if p.status == "refunded":
+            me.refunds += 1
+            continue
+        me.sales += 1
+        bucket = me.pending if p.status == "escrow" else me.released
+        bucket[p.currency] = bucket.get(p.currency, 0) + mine
+        if p.status == "escrow":
+            pending[p.currency] += mine
+        else:
+            lifetime[p.currency] += mine
+    for model_id, me in per_model.items():
+        lic_downloads = session.scalar(
+            select(func.coalesce(func.sum(License.downloads), 0)).where(
+                License.model_id == model_id
+            )
+        )
+        me.downloads = int(lic_downloads or 0)
+    available = {
+        c.value: ledger.balance_of(session, earnings_account(session, user.id, c).id).available
+        for c in Currency
+    }
+    debt = {
+        c.value: int(
+            session.scalar(
+                select(func.coalesce(func.sum(CreatorDebt.remaining), 0)).where(
+                    CreatorDebt.user_id == user.id, CreatorDebt.currency == c.value
+                )
+            )
+            or 0
+        )
+        for c in Currency
+    }
+    return {
+        "tier": {
+            "name": TIER_NAMES[fee],
+            "platform_fee_bps": fee,
+            "creator_share_bps": BPS - fee,
+            "lifetime_released_sales_usdc": lifetime_usdc,
+        },
+        "pending": pending,
+        "available": available,
+        "lifetime": lifetime,
+        "debt": debt,
+        "models": [vars(m) for m in per_model.values()],
+    }

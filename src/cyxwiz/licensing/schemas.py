@@ -1,0 +1,75 @@
+"""Offers document and license shapes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cyxwiz.money import format_amount
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Price(Strict):
+    amount: int = Field(ge=1, le=10**13, description="integer minor units (6 decimals)")
+    currency: Literal["USDC", "CYX"] = "USDC"
+
+
+class PriceOut(Price):
+    display: str
+
+    @classmethod
+    def of(cls, amount: int, currency: str) -> PriceOut:
+        return cls(amount=amount, currency=currency, display=format_amount(amount, currency))
+
+
+class OffersDocument(Strict):
+    """A model's pricing. Empty = free. Prices are set in USDC; buyers may pay in CYX."""
+
+    one_time: Price | None = Field(
+        default=None, examples=[{"amount": 49000000, "currency": "USDC"}]
+    )
+
+
+class OffersOut(BaseModel):
+    one_time: PriceOut | None = None
+    one_time_cyx: PriceOut | None = Field(
+        default=None, description="what paying in CYX costs (15% off the USDC price)"
+    )
+    free: bool
+
+
+class LicenseOut(BaseModel):
+    id: uuid.UUID
+    model: str
+    buyer: str
+    kind: str
+    scope: str
+    status: Literal["active", "refunded", "revoked"]
+    price: PriceOut
+    created_at: datetime
+    expires_at: datetime | None
+    refundable_until: datetime | None
+    refundable: bool
+    downloads: int
+    key: str | None = Field(default=None, description="the signed license key (offline-verifiable)")
+
+
+class VerifyIn(Strict):
+    key: str = Field(min_length=10, max_length=2000)
+
+
+class VerifyOut(BaseModel):
+    valid: bool
+    status: str | None = None
+    license_id: str | None = None
+    model: str | None = None
+    buyer: str | None = None
+    scope: str | None = None
+    expires_at: int | None = None
+    reason: str | None = None
