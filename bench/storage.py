@@ -161,6 +161,40 @@ def main() -> None:
             server.terminate()
             server.wait(10)
 
+        # The HTTP ceiling: the same uvicorn serving in-memory bytes from a bare ASGI app.
+        raw_port = free_port()
+        raw = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "raw_asgi:app",
+                "--port",
+                str(raw_port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=Path(__file__).parent,
+            env={**os.environ, "RAW_MIB": str(args.size_mib)},
+        )
+        try:
+            with httpx.Client(timeout=60) as rc:
+                for _ in range(200):
+                    try:
+                        rc.get(f"http://127.0.0.1:{raw_port}/", headers={"Range": "bytes=0-0"})
+                        break
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+                times = []
+                for _ in range(args.repeat):
+                    t0 = time.perf_counter()
+                    assert download(rc, args.client, f"http://127.0.0.1:{raw_port}/", "-") == size
+                    times.append(time.perf_counter() - t0)
+            raw_s = statistics.median(times)
+        finally:
+            raw.terminate()
+            raw.wait(10)
+
         # In-process limit with the same store code, keys and chunk size.
         store = blob_store_from_settings(Settings(data_dir=root / "data", master_key=key))
         t0 = time.perf_counter()
@@ -189,6 +223,11 @@ def main() -> None:
         print(
             f"{name:<24}{rate:>9.0f}   {lname:<26}{lrate:>9.0f}{rate / lrate:>8.2f}{rss:>14.0f} MiB"
         )
+    print(
+        f"{'raw ASGI, no decrypt':<24}{mib / raw_s:>9.0f}   {'(HTTP ceiling, same uvicorn)':<26}"
+        f"{'':>9}{mib / raw_s / (mib / dec_s):>8.2f}"
+    )
+    print(f"download via API = {(mib / down_s) / (mib / raw_s):.0%} of the HTTP ceiling")
     print("targets: download ratio >= 0.50, server peak RSS < 200 MiB")
 
 

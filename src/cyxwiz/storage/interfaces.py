@@ -62,6 +62,10 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     """Encrypted content-addressed blob storage that streams in constant memory."""
 
+    # True when reading a chunk never waits on a network (local disk / page cache): the HTTP
+    # layer may then decrypt on the event loop instead of paying a thread hop per chunk.
+    reads_are_local: bool
+
     def writer(self, *, max_size: int | None = None) -> BlobWriter: ...
     def put_bytes(self, data: bytes) -> BlobInfo: ...
     def put_stream(self, chunks: Iterable[bytes], *, max_size: int | None = None) -> BlobInfo: ...
@@ -162,6 +166,8 @@ class BaseBlobWriter(ABC):
 
 class BaseBlobStore(ABC):
     """The BlobStore operations, written once over a few backend primitives."""
+
+    reads_are_local: bool = False
 
     def __init__(self, keys: Mapping[str, bytes], chunk_size: int) -> None:
         self.keyring = Keyring(keys)

@@ -92,6 +92,8 @@ class LocalBlobWriter(BaseBlobWriter):
 class LocalBlobStore(BaseBlobStore):
     """Encrypted content-addressed blobs in a directory tree."""
 
+    reads_are_local = True
+
     def __init__(
         self, root: Path, keys: Mapping[str, bytes], chunk_size: int = DEFAULT_CHUNK_SIZE
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterator
@@ -24,43 +25,48 @@ if TYPE_CHECKING:
     from cyxwiz.web.deps import AppContext
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-BATCH_BYTES = 8 * 1024 * 1024
 
 
 class BlobStreamResponse(Response):
-    """Streams decrypted pieces, pulling about 8 MiB per worker-thread hop.
+    """Streams decrypted pieces of a blob.
 
-    Starlette's StreamingResponse hops to a thread for every piece of a sync iterator; at
-    1 MiB pieces that hop, not AES-GCM, bounds throughput. Batching keeps memory bounded
-    (one batch in flight) and the event loop free while blobs are read and decrypted.
+    For a local store each piece (1 MiB: a page-cache read and an AES-GCM open, well under a
+    millisecond) is produced on the event loop, yielding to other tasks between pieces: a
+    thread hop per piece, as Starlette's StreamingResponse does, costs more than the decrypt
+    itself (bench/storage.py measures both). Stores that read over a network (S3) produce
+    each piece in a worker thread so the loop never waits on I/O.
     """
 
     def __init__(
-        self, body: Iterator[bytes], *, status_code: int, headers: dict[str, str], media_type: str
+        self,
+        body: Iterator[bytes],
+        *,
+        in_loop: bool,
+        status_code: int,
+        headers: dict[str, str],
+        media_type: str,
     ) -> None:
         super().__init__(
             content=None, status_code=status_code, headers=headers, media_type=media_type
         )
         self._pieces = body
-
-    def _take(self) -> list[bytes]:
-        batch: list[bytes] = []
-        size = 0
-        for piece in self._pieces:
-            batch.append(piece)
-            size += len(piece)
-            if size >= BATCH_BYTES:
-                break
-        return batch
+        self._in_loop = in_loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         try:
-            while batch := await anyio.to_thread.run_sync(self._take):
-                for piece in batch:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+            while True:
+                if self._in_loop:
+                    piece = next(self._pieces, None)
+                else:
+                    piece = await anyio.to_thread.run_sync(next, self._pieces, None)
+                if piece is None:
+                    break
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                if self._in_loop:
+                    await asyncio.sleep(0)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             close = getattr(self._pieces, "close", None)
@@ -129,7 +135,13 @@ def file_response(request: Request, blobs: BlobStore, f: ModelFile) -> Response:
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=f.content_type)
     body: Iterator[bytes] = blobs.read_range(f.sha256, start, end)
-    return BlobStreamResponse(body, status_code=status, headers=headers, media_type=f.content_type)
+    return BlobStreamResponse(
+        body,
+        in_loop=blobs.reads_are_local,
+        status_code=status,
+        headers=headers,
+        media_type=f.content_type,
+    )
 
 
 def serve_model_file(
