@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import yaml
 
 from cyxwiz.catalog.taxonomy import all_slugs
 from cyxwiz.demo.models import DEMO_CREATORS, DemoModel, build_demo_models, run_onnx
+from tests.demo.conftest import Built
 
 # The marketplace's own rules for names (accounts and catalog services), restated here so
 # the demo data is checked without a database.
@@ -33,8 +33,6 @@ TASKS = {
     "time-series-forecasting",
 }
 BUILD_SECONDS_LIMIT = 60  # the target is < 25 s on 2 idle cores; leave room for busy CI
-
-from tests.demo.conftest import Built
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from cyxwiz.storage import BlobStore
 from tests.demo.conftest import Built
 
 
-def test_demo_catalogue_is_browsable_and_runs(built: Built, db: Database, blobs: BlobStore, client: TestClient) -> None:
+def test_demo_catalogue_is_browsable_and_runs(
+    built: Built, db: Database, blobs: BlobStore, client: TestClient
+) -> None:
     models = built[0]
     with db.session() as s:
         report = load_models(s, blobs, models)
@@ -37,10 +39,16 @@ def test_demo_catalogue_is_browsable_and_runs(built: Built, db: Database, blobs:
     page = client.get(f"/api/v1/models/{iris.owner}/{iris.name}").json()
     shown = {m["type"]: m["value"] for m in page["metrics"]}
     assert shown == iris.metrics
-    onnx_bytes = client.get(f"/api/v1/models/{iris.owner}/{iris.name}/versions/main/files/model.onnx").content
+    onnx_bytes = client.get(
+        f"/api/v1/models/{iris.owner}/{iris.name}/versions/main/files/model.onnx"
+    ).content
     assert onnx_bytes == iris.files["model.onnx"]
     assert run_onnx(onnx_bytes, iris.sample_input) == iris.sample_output
-    config = json.loads(client.get(f"/api/v1/models/{iris.owner}/{iris.name}/versions/main/files/config.json").content)
+    config = json.loads(
+        client.get(
+            f"/api/v1/models/{iris.owner}/{iris.name}/versions/main/files/config.json"
+        ).content
+    )
     assert config
     co = next(m for m in models if m.contributors)
     shares = client.get(f"/api/v1/models/{co.owner}/{co.name}").json()["contributors"]
