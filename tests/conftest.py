@@ -8,6 +8,7 @@ import base64
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi import FastAPI
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
+from cyxwiz.clock import TestClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database, make_engine
 from cyxwiz.migrate import upgrade
@@ -89,8 +91,14 @@ def blobs(settings: Settings) -> BlobStore:
 
 
 @pytest.fixture
-def app(settings: Settings, db: Database, blobs: BlobStore) -> FastAPI:
-    return create_app(settings, database=db, blobs=blobs)
+def clock() -> TestClock:
+    """The app's clock; tests move time with ``clock.advance(...)``."""
+    return TestClock(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database, blobs: BlobStore, clock: TestClock) -> FastAPI:
+    return create_app(settings, database=db, blobs=blobs, clock=clock)
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     @property
     def is_production(self) -> bool:
-        return self.env is Env.production
+        return self.env == Env.production
 
     @property
     def resolved_database_url(self) -> str:

@@ -77,13 +77,15 @@ def earnings_account(session: Session, user_id: uuid.UUID, currency: Currency) -
 
 
 def platform_account(session: Session, purpose: str, currency: Currency) -> LedgerAccount:
-    """Platform accounts: revenue and escrow hold money (no overdraft); the faucet is a source."""
+    """Platform accounts: revenue and escrow hold money (no overdraft); the faucet (a source of
+    test money) and receivables (what creators owe after late refunds, debit-normal) may go
+    below zero."""
     return ledger.get_or_create_account(
         session,
         code=f"platform:{purpose}:{currency.value}",
         currency=currency,
         kind=f"platform_{purpose}",
-        no_overdraft=purpose != "faucet",
+        no_overdraft=purpose not in ("faucet", "receivables"),
     )
 
 
@@ -310,7 +312,7 @@ def release(session: Session, *, purchase: Purchase, now: datetime) -> bool:
     ]
     for split, part in zip(purchase.splits, parts, strict=True):
         uid = uuid.UUID(split["user_id"])
-        specs.extend(_pay_share(session, purchase, uid, part, cur, escrow, revenue))
+        specs.extend(_pay_share(session, purchase, uid, part, cur, escrow))
     ledger.create_transfers(session, specs)
     changed = session.execute(
         update(Purchase)
@@ -329,9 +331,8 @@ def _pay_share(
     part: int,
     cur: Currency,
     escrow: LedgerAccount,
-    revenue: LedgerAccount,
 ) -> list[TransferSpec]:
-    """A contributor's share, repaying any debt to the platform first."""
+    """A contributor's share, repaying any debt to the platform (receivables) first."""
     specs: list[TransferSpec] = []
     repay_total = 0
     debts = session.scalars(
@@ -355,7 +356,7 @@ def _pay_share(
                 id=_tid(purchase.id, "repay", user_id),
                 code="debt.repay",
                 debit=escrow.id,
-                credit=revenue.id,
+                credit=platform_account(session, "receivables", cur).id,
                 amount=repay_total,
                 ref=f"purchase:{purchase.id}",
                 meta={"user_id": str(user_id)},
@@ -438,7 +439,8 @@ def refund(session: Session, *, license: License, actor: User, now: datetime) ->
 
 def _reverse_released(session: Session, row: Purchase) -> None:
     """Admin refund after release: the fee back from revenue, each share back from the
-    contributor's earnings as far as they reach; the platform fronts the rest as a debt."""
+    contributor's earnings as far as they reach; the platform fronts the rest from
+    receivables and records the creator's debt, which their next earnings repay."""
     cur = Currency(row.currency)
     revenue = platform_account(session, "revenue", cur)
     buyer = user_account(session, row.buyer_id, cur)
@@ -475,7 +477,7 @@ def _reverse_released(session: Session, row: Purchase) -> None:
                 TransferSpec(
                     id=_tid(row.id, "refund.fronted", uid),
                     code="refund.fronted",
-                    debit=revenue.id,
+                    debit=platform_account(session, "receivables", cur).id,
                     credit=buyer.id,
                     amount=shortfall,
                     ref=f"purchase:{row.id}",

@@ -20,9 +20,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+billing_app = typer.Typer(help="Money flows run by operators.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(billing_app, name="billing")
 
 DataDir = Annotated[
     Path | None,
@@ -84,7 +86,7 @@ def serve(
         return
     from cyxwiz.web.app import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, run_scheduler=True), host=host, port=port, log_level="info")
 
 
 @app.command("demo")
@@ -193,6 +195,30 @@ def ledger_check(data_dir: DataDir = None) -> None:
             typer.secho(f"PROBLEM: {problem}", fg="red", err=True)
         raise typer.Exit(1)
     typer.secho("ledger check: clean", fg="green")
+
+
+@billing_app.command("release")
+def billing_release(data_dir: DataDir = None) -> None:
+    """Release escrow of every purchase whose refund window has closed (idempotent, safe to
+    run while `serve` runs its own scheduler)."""
+    from cyxwiz.billing.flows import release_due
+    from cyxwiz.clock import SystemClock
+    from cyxwiz.db import Database
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    db = Database.from_url(settings.resolved_database_url)
+    total = 0
+    try:
+        while True:
+            with db.session() as session:
+                n = release_due(session, now=SystemClock().now())
+            total += n
+            if n == 0:
+                break
+    finally:
+        db.engine.dispose()
+    typer.echo(f"released escrow for {total} purchases")
 
 
 def run() -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
@@ -17,6 +22,7 @@ from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.storage import BlobStore, blob_store_from_settings
 from cyxwiz.web import problems
 from cyxwiz.web.api.v1 import auth as auth_api
+from cyxwiz.web.api.v1 import billing as billing_api
 from cyxwiz.web.api.v1 import catalog as catalog_api
 from cyxwiz.web.deps import AppContext
 from cyxwiz.web.middleware import BodyLimitMiddleware
@@ -31,9 +37,24 @@ def create_app(
     database: Database | None = None,
     blobs: BlobStore | None = None,
     clock: Clock | None = None,
+    run_scheduler: bool = False,
 ) -> FastAPI:
-    """Build the app for ``settings``; tests pass their own database and blob store."""
+    """Build the app for ``settings``; tests pass their own database, blob store and clock.
+
+    ``run_scheduler`` starts the background jobs (escrow release) — ``cyxwiz serve`` does.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_release_loop(app.state.ctx)) if run_scheduler else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app = FastAPI(
+        lifespan=lifespan,
         title="CyxWiz Model Marketplace API",
         version=__version__,
         description=(
@@ -56,6 +77,7 @@ def create_app(
     api = "/api/v1"
     app.include_router(auth_api.router, prefix=api)
     app.include_router(catalog_api.router, prefix=api)
+    app.include_router(billing_api.router, prefix=api)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -74,3 +96,21 @@ def create_app(
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     return app
+
+
+async def _release_loop(ctx: AppContext) -> None:
+    """Release escrow whose refund window closed, every ``release_interval_seconds``."""
+    from cyxwiz.billing.flows import release_due
+
+    def tick() -> int:
+        with ctx.db.session() as session:
+            return release_due(session, now=ctx.clock.now())
+
+    while True:
+        try:
+            released = await anyio.to_thread.run_sync(tick)
+            if released:
+                log.info("released escrow for %d purchases", released)
+        except Exception:  # keep the loop alive; the next tick retries (the job is idempotent)
+            log.exception("escrow release failed")
+        await asyncio.sleep(ctx.settings.release_interval_seconds)

@@ -3,4 +3,4 @@
 from cyxwiz.config import get_settings
 from cyxwiz.web.app import create_app
 
-app = create_app(get_settings())
+app = create_app(get_settings(), run_scheduler=True)
