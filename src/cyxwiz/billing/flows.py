@@ -383,7 +383,7 @@ def release_due(session: Session, *, now: datetime, limit: int = 200) -> int:
         .where(Purchase.status == "escrow", Purchase.refund_window_ends_at <= now)
         .order_by(Purchase.refund_window_ends_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, of=Purchase)
     ).all()
     return sum(1 for p in due if release(session, purchase=p, now=now))
 
