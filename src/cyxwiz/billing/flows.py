@@ -25,7 +25,7 @@ from cyxwiz.config import Settings
 from cyxwiz.errors import Conflict, DomainError, InvalidInput, NotFound, PermissionDenied
 from cyxwiz.ledger import service as ledger
 from cyxwiz.ledger.models import LedgerAccount, LedgerTransfer
-from cyxwiz.ledger.service import TransferSpec
+from cyxwiz.ledger.service import TransferExists, TransferSpec
 from cyxwiz.licensing.models import License
 from cyxwiz.licensing.service import active_license, get_offers
 from cyxwiz.money import BPS, Currency, allocate, bps_of, format_amount
@@ -111,17 +111,23 @@ def faucet(
         )
     src = platform_account(session, "faucet", currency)
     dst = user_account(session, user.id, currency)
-    return ledger.create_transfer(
-        session,
-        TransferSpec(
-            id=_tid("faucet", user.id, idempotency_key),
-            code="faucet",
-            debit=src.id,
-            credit=dst.id,
-            amount=amount,
-            ref=f"user:{user.id}",
-        ),
-    )
+    try:
+        return ledger.create_transfer(
+            session,
+            TransferSpec(
+                id=_tid("faucet", user.id, idempotency_key),
+                code="faucet",
+                debit=src.id,
+                credit=dst.id,
+                amount=amount,
+                ref=f"user:{user.id}",
+            ),
+        )
+    except TransferExists:
+        raise Conflict(
+            "this Idempotency-Key was used for a different faucet request",
+            code="idempotency_key_reused",
+        ) from None
 
 
 def balances(session: Session, *, user: User) -> dict[str, dict[str, Any]]:

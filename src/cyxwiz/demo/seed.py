@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -22,11 +23,124 @@ DEMO_PASSWORD = "cyxwiz-demo"  # noqa: S105 (dev-mode demo accounts only; printe
 DEMO_VERSION = "1.0.0"
 
 
+# Demo buyers who hold funds and have bought a few models (some long enough ago that the
+# refund window closed and the creators were paid).
+DEMO_BUYERS = (
+    ("lena-research", "Lena Fischer", "Applied ML researcher evaluating models for a clinic."),
+    ("orbit-analytics", "Orbit Analytics", "A small analytics agency shipping dashboards."),
+    ("sam-builds", "Sam Okoro", "Indie developer building apps on hosted models."),
+)
+FREE_MODELS = frozenset(
+    {
+        "iris-species-classifier",
+        "wine-cultivar-classifier",
+        "handwritten-digit-ocr",
+        "review-sentiment-en",
+        "docsim-embed-16",
+        "dtmf-keypad-decoder",
+        "diabetes-progression-1y",
+        "site-traffic-forecaster",
+        "geoshape-classifier-16",
+        "matchmaking-win-probability",
+    }
+)
+PRICES_USDC = (9, 19, 29, 49, 79, 129, 249)
+# (buyer, model, days ago, refunded?)
+DEMO_PURCHASES = (
+    ("lena-research", "breast-cancer-fna-screen", 21, False),
+    ("lena-research", "polyglot-langid-7", 12, False),
+    ("lena-research", "entity-span-typer", 2, False),
+    ("orbit-analytics", "store-demand-7day", 30, False),
+    ("orbit-analytics", "credit-default-risk", 16, False),
+    ("orbit-analytics", "subscription-churn-predictor", 9, False),
+    ("orbit-analytics", "card-fraud-sentinel", 1, False),
+    ("sam-builds", "urban-sound-tagger", 14, False),
+    ("sam-builds", "sms-spam-shield", 3, True),
+    ("sam-builds", "contract-clause-tagger", 5, False),
+)
+
+
 @dataclass
 class SeedReport:
     creators: int
     models_created: int
     models_existing: int
+    purchases: int = 0
+
+
+def demo_price(name: str) -> int | None:
+    """A stable price in USDC minor units for a demo model (None = free)."""
+    if name in FREE_MODELS:
+        return None
+    return PRICES_USDC[sum(name.encode()) % len(PRICES_USDC)] * 10**6
+
+
+def load_money(
+    session: Session, *, settings: Settings, models: list[DemoModel], now: datetime
+) -> int:
+    """Prices, funded demo buyers and purchases (backdated, so some are already released).
+
+    Idempotent: purchases use fixed Idempotency-Keys and the faucet fixed keys. Skipped in
+    production, where the faucet does not exist."""
+    from cyxwiz.billing import flows
+    from cyxwiz.licensing.schemas import OffersDocument, Price
+    from cyxwiz.licensing.service import set_offers
+    from cyxwiz.money import Currency
+
+    if settings.is_production:
+        return 0
+    for dm in models:
+        model = catalog.find_model(session, owner=dm.owner, name=dm.name)
+        price = demo_price(dm.name)
+        if model is not None and price is not None:
+            set_offers(
+                session,
+                model=model,
+                actor=model.owner,
+                document=OffersDocument(one_time=Price(amount=price, currency="USDC")),
+            )
+    made = 0
+    for username, display, bio in DEMO_BUYERS:
+        buyer = _ensure_creator(session, username, display, bio)
+        flows.faucet(
+            session,
+            settings=settings,
+            user=buyer,
+            currency=Currency.USDC,
+            amount=1_000 * 10**6,
+            idempotency_key="demo-funds-usdc",
+        )
+        flows.faucet(
+            session,
+            settings=settings,
+            user=buyer,
+            currency=Currency.CYX,
+            amount=500 * 10**6,
+            idempotency_key="demo-funds-cyx",
+        )
+    owners = {d.name: d.owner for d in models}
+    for username, name, days_ago, refunded in DEMO_PURCHASES:
+        buyer = accounts.get_user_by_username(session, username)
+        owner = owners.get(name)
+        model = catalog.find_model(session, owner=owner, name=name) if owner else None
+        if model is None:
+            continue
+        row, created = flows.purchase(
+            session,
+            settings=settings,
+            buyer=buyer,
+            model=model,
+            currency=Currency.USDC,
+            idempotency_key=f"demo:{name}",
+            now=now - timedelta(days=days_ago),
+        )
+        made += int(created)
+        if refunded and row.status == "escrow":
+            flows.refund(
+                session, license=row.license, actor=buyer, now=now - timedelta(days=days_ago - 1)
+            )
+    flows.release_due(session, now=now, limit=1000)
+    return made
 
 
 def _ensure_creator(session: Session, username: str, display_name: str, bio: str) -> User:
@@ -127,12 +241,17 @@ def seed(settings: Settings, *, echo: Callable[[str], None] = print) -> SeedRepo
     try:
         with db.session() as session:
             report = load_models(session, blob_store_from_settings(settings), models)
+            report.purchases = load_money(
+                session, settings=settings, models=models, now=datetime.now(UTC)
+            )
     finally:
         db.engine.dispose()
     echo(
         f"demo catalogue: {report.models_created} models created, {report.models_existing} already there, "
         f"{report.creators} creators (sign in as any of "
-        f"{', '.join(c.username for c in DEMO_CREATORS)} with password {DEMO_PASSWORD!r})"
+        f"{', '.join(c.username for c in DEMO_CREATORS)}, or the buyers "
+        f"{', '.join(b[0] for b in DEMO_BUYERS)}, with password {DEMO_PASSWORD!r}); "
+        f"{report.purchases} demo purchases"
     )
     return report
 
