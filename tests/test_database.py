@@ -6,7 +6,7 @@ import os
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from cyxwiz.accounts.models import User
 from cyxwiz.catalog.models import Category
@@ -26,8 +26,8 @@ def test_migrations_have_no_drift(engine: Engine) -> None:
     assert current_revision(engine) is not None
 
 
-def test_upgrade_is_idempotent_and_seeds_taxonomy(engine: Engine, db: Database) -> None:
-    upgrade(engine)  # running again changes nothing and does not fail
+def test_upgrade_is_idempotent_and_seeds_taxonomy(connection: Connection, db: Database) -> None:
+    upgrade(connection)  # running again changes nothing and does not fail
     with db.session() as s:
         slugs = {c.slug for c in s.query(Category)}
     assert {

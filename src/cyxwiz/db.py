@@ -98,7 +98,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front. A deferred transaction that read before
+        # another writer committed cannot upgrade to a write later (SQLITE_BUSY_SNAPSHOT,
+        # which busy_timeout does not wait out), so every transaction that may write must
+        # start this way; SQLite has one writer anyway, and transactions here are short.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
