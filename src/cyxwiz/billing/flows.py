@@ -54,11 +54,19 @@ def _tid(*parts: object) -> uuid.UUID:
 # ---------------------------------------------------------------- accounts
 
 
+def user_code(user_id: uuid.UUID, currency: Currency) -> str:
+    return f"user:{user_id}:{currency.value}"
+
+
+def earnings_code(user_id: uuid.UUID, currency: Currency) -> str:
+    return f"earnings:{user_id}:{currency.value}"
+
+
 def user_account(session: Session, user_id: uuid.UUID, currency: Currency) -> LedgerAccount:
     """The spendable balance of a user (cannot go below zero)."""
     return ledger.get_or_create_account(
         session,
-        code=f"user:{user_id}:{currency.value}",
+        code=user_code(user_id, currency),
         currency=currency,
         kind="user_balance",
         user_id=user_id,
@@ -69,7 +77,7 @@ def earnings_account(session: Session, user_id: uuid.UUID, currency: Currency) -
     """A creator's released earnings (cannot go below zero)."""
     return ledger.get_or_create_account(
         session,
-        code=f"earnings:{user_id}:{currency.value}",
+        code=earnings_code(user_id, currency),
         currency=currency,
         kind="creator_earnings",
         user_id=user_id,
@@ -131,16 +139,40 @@ def faucet(
 
 
 def balances(session: Session, *, user: User) -> dict[str, dict[str, Any]]:
-    """Spendable balance and creator earnings per currency."""
-    out: dict[str, dict[str, Any]] = {}
-    for cur in Currency:
-        out[cur.value] = {
-            "balance": ledger.balance_of(session, user_account(session, user.id, cur).id).as_dict(),
-            "earnings": ledger.balance_of(
-                session, earnings_account(session, user.id, cur).id
-            ).as_dict(),
+    """Spendable balance and creator earnings per currency (read-only)."""
+    return {
+        cur.value: {
+            "balance": ledger.balance_of_code(session, user_code(user.id, cur), cur).as_dict(),
+            "earnings": ledger.balance_of_code(session, earnings_code(user.id, cur), cur).as_dict(),
         }
-    return out
+        for cur in Currency
+    }
+
+
+@dataclass
+class UserTransfer:
+    transfer: LedgerTransfer
+    incoming: bool
+    account_kind: str  # user_balance | creator_earnings
+
+
+def user_transfers(
+    session: Session, *, user: User, page: int, per_page: int
+) -> tuple[list[UserTransfer], int]:
+    """Transfers touching the user's balance or earnings, newest first (read-only)."""
+    codes = [f(user.id, c) for c in Currency for f in (user_code, earnings_code)]
+    mine = {a.id: a for a in ledger.find_accounts(session, codes).values()}
+    if not mine:
+        return [], 0
+    rows, total = ledger.transfers_for_accounts(
+        session, list(mine), limit=per_page, offset=(page - 1) * per_page
+    )
+    out = []
+    for t in rows:
+        incoming = t.credit_account_id in mine
+        acct = mine[t.credit_account_id if incoming else t.debit_account_id]
+        out.append(UserTransfer(t, incoming, acct.kind))
+    return out, total
 
 
 # ---------------------------------------------------------------- pricing
@@ -555,7 +587,7 @@ def creator_earnings(session: Session, *, user: User) -> dict[str, Any]:
         )
         me.downloads = int(lic_downloads or 0)
     available = {
-        c.value: ledger.balance_of(session, earnings_account(session, user.id, c).id).available
+        c.value: ledger.balance_of_code(session, earnings_code(user.id, c), c).available
         for c in Currency
     }
     debt = {

@@ -131,6 +131,29 @@ def balance_of(session: Session, account_id: uuid.UUID) -> Balance:
     )
 
 
+def find_accounts(session: Session, codes: list[str]) -> dict[str, LedgerAccount]:
+    """Existing accounts by code (read-only: missing codes are simply absent)."""
+    rows = session.scalars(
+        select(LedgerAccount)
+        .where(LedgerAccount.code.in_(codes))
+        .execution_options(populate_existing=True)
+    )
+    return {a.code: a for a in rows}
+
+
+def balance_of_code(session: Session, code: str, currency: Currency) -> Balance:
+    """The balance of the account with ``code``; zero if it was never created (no write)."""
+    acct = find_accounts(session, [code]).get(code)
+    if acct is None:
+        return Balance(currency=currency.value, posted=0, pending_debits=0, pending_credits=0)
+    return Balance(
+        currency=acct.currency,
+        posted=acct.credits_posted - acct.debits_posted,
+        pending_debits=acct.debits_pending,
+        pending_credits=acct.credits_pending,
+    )
+
+
 # ---------------------------------------------------------------- transfers
 
 

@@ -25,6 +25,35 @@
       });
     }
 
+    // Buttons that undo something ask first (without JavaScript they act at once).
+    document.querySelectorAll("button[data-confirm]").forEach(function (button) {
+      button.addEventListener("click", function (event) {
+        if (!window.confirm(button.getAttribute("data-confirm"))) event.preventDefault();
+      });
+    });
+
+    // License keys: a click selects the whole key, ready to copy.
+    document.querySelectorAll("input.key-input[readonly]").forEach(function (input) {
+      input.addEventListener("focus", function () { input.select(); });
+    });
+
+    // The account menu closes on a click elsewhere or on Escape.
+    var menus = document.querySelectorAll("details.user-menu");
+    document.addEventListener("click", function (event) {
+      menus.forEach(function (menu) {
+        if (menu.open && !menu.contains(event.target)) menu.open = false;
+      });
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key !== "Escape") return;
+      menus.forEach(function (menu) {
+        if (menu.open) {
+          menu.open = false;
+          menu.querySelector("summary").focus();
+        }
+      });
+    });
+
     // Keep a double-clicked submit from posting a form twice.
     document.querySelectorAll("form[method=post]").forEach(function (form) {
       form.addEventListener("submit", function () {

@@ -20,6 +20,7 @@ from markupsafe import escape
 from starlette.templating import Jinja2Templates
 
 from cyxwiz.accounts.models import User
+from cyxwiz.money import format_amount
 from cyxwiz.web.deps import CSRF_COOKIE, SESSION_COOKIE
 
 log = logging.getLogger("cyxwiz.web.ui")
@@ -102,6 +103,11 @@ def ago(value: datetime | None) -> str:
     return "just now"  # pragma: no cover
 
 
+def money(amount: int | None, currency: str) -> str:
+    """Integer minor units as a display amount: 49_000_000, 'USDC' -> '49.00 USDC'."""
+    return format_amount(amount or 0, currency)
+
+
 def metric_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -130,6 +136,7 @@ def _environment() -> jinja2.Environment:
         isodate=isodate,
         ago=ago,
         metric=metric_value,
+        money=money,
         urlquote=lambda s: quote(str(s), safe="/"),
     )
     env.globals.update(page_url=page_url)

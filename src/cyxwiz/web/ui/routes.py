@@ -28,9 +28,20 @@ from cyxwiz.catalog.models import Model, ModelVersion
 from cyxwiz.catalog.schemas import ModelCreate, ModelUpdate, VersionCreate
 from cyxwiz.config import Settings
 from cyxwiz.errors import DomainError, InvalidInput
+from cyxwiz.licensing import service as licensing
 from cyxwiz.storage import BlobStore
-from cyxwiz.web.deps import SESSION_COOKIE, BlobStoreDep, CtxDep, SessionDep, SettingsDep
+from cyxwiz.web.deps import (
+    SESSION_COOKIE,
+    AppContext,
+    BlobStoreDep,
+    CtxDep,
+    SessionDep,
+    SettingsDep,
+    get_ctx,
+)
 from cyxwiz.web.files import serve_model_file
+from cyxwiz.web.shaping import offers_out
+from cyxwiz.web.ui import billing as billing_ui
 from cyxwiz.web.ui.forms import (
     CsrfForm,
     UiActor,
@@ -44,6 +55,8 @@ from cyxwiz.web.ui.forms import (
 from cyxwiz.web.ui.render import filesize, page, rotate_csrf, set_flash
 
 router = APIRouter()
+# The money pages first: '/library' and '/earnings' must win over the '/{owner}' catch-all.
+router.include_router(billing_ui.router)
 
 PER_PAGE = 24
 UPLOAD_CHUNK = 1024 * 1024
@@ -477,16 +490,19 @@ def profile(request: Request, owner: str, session: SessionDep, viewer: UiViewer)
     return page(request, "profile.html", {"user": user, "result": result, "is_self": is_self})
 
 
-@router.get("/{owner}/{name}")
-def model_page(
+def _model_page(
     request: Request,
+    session: Session,
+    ctx: AppContext,
+    *,
     owner: str,
     name: str,
-    session: SessionDep,
-    viewer: UiViewer,
+    viewer: User | None,
     version: str = "",
+    pricing_error: str | None = None,
+    price_value: str | None = None,
+    status: int = 200,
 ) -> Response:
-    """The listing: card, metrics, versions and the files of the latest (or chosen) version."""
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
     versions = catalog.visible_versions(model, viewer)
     selected: ModelVersion | None
@@ -501,6 +517,9 @@ def model_page(
         card_html = Markup(render_card(model.card)) if body.strip() else None  # noqa: S704
     except DomainError:
         meta, card_html = {}, None
+    money = billing_ui.offer_context(ctx, session, model=model, viewer=viewer, version=selected)
+    if pricing_error is not None:
+        money.update(pricing_error=pricing_error, price_value=price_value or "")
     return page(
         request,
         "model.html",
@@ -512,8 +531,68 @@ def model_page(
             "card_html": card_html,
             "metrics": card_metrics(meta),
             "drafts": [v for v in versions if v.status == "draft"],
+            **money,
         },
+        status=status,
     )
+
+
+@router.get("/{owner}/{name}")
+def model_page(
+    request: Request,
+    owner: str,
+    name: str,
+    session: SessionDep,
+    viewer: UiViewer,
+    ctx: CtxDep,
+    version: str = "",
+) -> Response:
+    """The listing: card, price, metrics, versions and the files of the latest (or chosen)
+    version, with download buttons for those who may download (Buy for the others)."""
+    return _model_page(
+        request, session, ctx, owner=owner, name=name, viewer=viewer, version=version
+    )
+
+
+@router.post("/{owner}/{name}/pricing")
+def set_price(
+    request: Request,
+    owner: str,
+    name: str,
+    form: CsrfForm,
+    session: SessionDep,
+    actor: UiActor,
+    ctx: CtxDep,
+) -> Response:
+    """Set (or clear) the model's one-time USDC price; errors re-render the model page."""
+    if actor is None:
+        return login_redirect(request, f"/{owner}/{name}")
+    model = catalog.get_model_for_edit(session, owner=owner, name=name, actor=actor)
+    price = field(form, "price")
+    make_free = field(form, "action") == "free"
+    try:
+        document = billing_ui.offers_document(price, make_free=make_free)
+        licensing.set_offers(session, model=model, actor=actor, document=document)
+    except (DomainError, ValidationError) as exc:
+        session.rollback()
+        error, status = _failure(exc)
+        return _model_page(
+            request,
+            session,
+            ctx,
+            owner=owner,
+            name=name,
+            viewer=actor,
+            pricing_error=error,
+            price_value=price,
+            status=status,
+        )
+    if document.one_time is None:
+        return _ok(model_url(model), f"{model.full_name} is now free to download.")
+    shown = offers_out(ctx.settings, document)
+    usdc = shown.one_time.display if shown.one_time else ""
+    cyx = f" (or {shown.one_time_cyx.display} paying in CYX)" if shown.one_time_cyx else ""
+    return _ok(model_url(model), f"Price set: {usdc}{cyx}.")
 
 
 # ---------------------------------------------------------------- versions
@@ -570,10 +649,14 @@ def _version_page(
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
     ver = catalog.get_version(session, model=model, version=version, viewer=viewer)
     editor = catalog.can_edit(model, viewer)
+    money = billing_ui.offer_context(
+        get_ctx(request), session, model=model, viewer=viewer, version=ver
+    )
     return page(
         request,
         "version.html",
         {
+            **money,
             "model": model,
             "version": ver,
             "editor": editor,

@@ -15,7 +15,6 @@ from cyxwiz.billing import flows
 from cyxwiz.billing.models import Purchase
 from cyxwiz.catalog import service as catalog
 from cyxwiz.errors import NotFound
-from cyxwiz.ledger import service as ledger
 from cyxwiz.licensing import service as licensing
 from cyxwiz.licensing.keys import InvalidLicenseKey
 from cyxwiz.licensing.models import License
@@ -29,6 +28,7 @@ from cyxwiz.licensing.schemas import (
 )
 from cyxwiz.money import Currency, format_amount
 from cyxwiz.web.deps import CtxDep, CurrentUser, ReaderDep, SessionDep, SettingsDep, ViewerDep
+from cyxwiz.web.shaping import license_out, offers_out
 
 router = APIRouter(tags=["money"])
 IdempotencyKey = Annotated[
@@ -82,39 +82,7 @@ class TransferPage(BaseModel):
     per_page: int
 
 
-def license_out(session: Session, ctx: CtxDep, lic: License, *, with_key: bool) -> LicenseOut:
-    purchase = session.scalar(select(Purchase).where(Purchase.license_id == lic.id))
-    now = ctx.clock.now()
-    until = purchase.refund_window_ends_at if purchase else None
-    return LicenseOut(
-        id=lic.id,
-        model=lic.model.full_name,
-        buyer=lic.buyer.username,
-        kind=lic.kind,
-        scope=lic.scope,
-        status=lic.status,
-        price=PriceOut.of(lic.amount_paid, lic.currency),
-        created_at=lic.created_at,
-        expires_at=lic.expires_at,
-        refundable_until=until,
-        refundable=bool(lic.status == "active" and until is not None and now < until),
-        downloads=lic.downloads,
-        key=licensing.license_key(ctx.signer, lic) if with_key and lic.status == "active" else None,
-    )
-
-
 # ---------------------------------------------------------------- offers
-
-
-def offers_out(settings: Any, doc: OffersDocument) -> OffersOut:
-    if doc.one_time is None:
-        return OffersOut(free=True)
-    cyx = flows.price_in(settings, doc.one_time.amount, Currency.CYX)
-    return OffersOut(
-        free=False,
-        one_time=PriceOut.of(doc.one_time.amount, doc.one_time.currency),
-        one_time_cyx=PriceOut.of(cyx, "CYX"),
-    )
 
 
 @router.get("/models/{owner}/{name}/offers", response_model=OffersOut)
@@ -315,32 +283,20 @@ def my_transfers(
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> TransferPage:
     """Every ledger transfer touching your balance or earnings, newest first."""
-    accounts = {}
-    for cur in Currency:
-        for acct in (
-            flows.user_account(session, user.id, cur),
-            flows.earnings_account(session, user.id, cur),
-        ):
-            accounts[acct.id] = acct
-    rows, total = ledger.transfers_for_accounts(
-        session, list(accounts), limit=per_page, offset=(page - 1) * per_page
-    )
-    items = []
-    for t in rows:
-        incoming = t.credit_account_id in accounts
-        acct = accounts[t.credit_account_id if incoming else t.debit_account_id]
-        items.append(
-            TransferOut(
-                id=t.id,
-                code=t.code,
-                direction="in" if incoming else "out",
-                kind=t.kind,
-                amount=t.amount,
-                currency=t.currency,
-                display=format_amount(t.amount, t.currency),
-                account=acct.kind,
-                ref=t.ref,
-                created_at=t.created_at,
-            )
+    rows, total = flows.user_transfers(session, user=user, page=page, per_page=per_page)
+    items = [
+        TransferOut(
+            id=r.transfer.id,
+            code=r.transfer.code,
+            direction="in" if r.incoming else "out",
+            kind=r.transfer.kind,
+            amount=r.transfer.amount,
+            currency=r.transfer.currency,
+            display=format_amount(r.transfer.amount, r.transfer.currency),
+            account=r.account_kind,
+            ref=r.transfer.ref,
+            created_at=r.transfer.created_at,
         )
+        for r in rows
+    ]
     return TransferPage(items=items, total=total, page=page, per_page=per_page)
