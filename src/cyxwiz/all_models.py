@@ -4,6 +4,7 @@ from cyxwiz.accounts import models as accounts_models
 from cyxwiz.billing import models as billing_models
 from cyxwiz.catalog import models as catalog_models
 from cyxwiz.db import Base
+from cyxwiz.inference import models as inference_models
 from cyxwiz.ledger import models as ledger_models
 from cyxwiz.licensing import models as licensing_models
 
@@ -12,6 +13,7 @@ __all__ = [
     "accounts_models",
     "billing_models",
     "catalog_models",
+    "inference_models",
     "ledger_models",
     "licensing_models",
 ]

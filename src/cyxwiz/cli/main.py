@@ -99,6 +99,91 @@ def demo_cmd(data_dir: DataDir = None) -> None:
     seed(settings, echo=typer.echo)
 
 
+@app.command("node")
+def node_cmd(
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="CYXWIZ_NODE_TOKEN",
+            help="The node token (cxw_nt_...) from POST /api/v1/nodes. Prefer the env var.",
+        ),
+    ],
+    marketplace: Annotated[
+        str, typer.Option(envvar="CYXWIZ_NODE_MARKETPLACE", help="The marketplace's base URL.")
+    ] = "http://127.0.0.1:8000",
+    host: Annotated[
+        str, typer.Option(envvar="CYXWIZ_NODE_HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="CYXWIZ_NODE_PORT", help="TCP port.")] = 8801,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CYXWIZ_NODE_ADVERTISE_URL",
+            help="Where the gateway reaches this node (default http://HOST:PORT).",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CYXWIZ_NODE_CACHE_DIR",
+            help="Encrypted model cache (default ~/.cache/cyxwiz/node).",
+        ),
+    ] = None,
+    max_model_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CYXWIZ_NODE_MAX_MODEL_BYTES", help="Bytes of warm models kept in memory."
+        ),
+    ] = None,
+    max_cache_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CYXWIZ_NODE_MAX_CACHE_BYTES", help="Bytes of encrypted blobs on disk."
+        ),
+    ] = None,
+    capacity: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CYXWIZ_NODE_CAPACITY", help="Inferences run at once (default: CPU count)."
+        ),
+    ] = None,
+    max_request_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CYXWIZ_NODE_MAX_REQUEST_BYTES", help="Largest infer body (default 16 MiB)."
+        ),
+    ] = None,
+) -> None:
+    """Run an inference node: register with the marketplace, serve assigned models (KServe v2)."""
+    import uvicorn
+
+    from cyxwiz.node.app import create_node_app
+    from cyxwiz.node.config import NodeConfig
+
+    if not token.startswith("cxw_nt_"):
+        typer.secho("error: --token must be a node token (cxw_nt_...)", fg="red", err=True)
+        raise typer.Exit(2)
+    defaults = NodeConfig(marketplace_url=marketplace, token=token)
+    config = NodeConfig(
+        marketplace_url=marketplace,
+        token=token,
+        host=host,
+        port=port,
+        advertise_url=advertise_url,
+        cache_dir=cache_dir or defaults.cache_dir,
+        max_model_bytes=max_model_bytes or defaults.max_model_bytes,
+        max_cache_bytes=max_cache_bytes or defaults.max_cache_bytes,
+        capacity=capacity or defaults.capacity,
+        max_request_bytes=max_request_bytes or defaults.max_request_bytes,
+    )
+    typer.secho(
+        f"CyxWiz node on http://{host}:{port} (advertised as {config.url}), "
+        f"marketplace {marketplace}",
+        fg="green",
+    )
+    uvicorn.run(create_node_app(config), host=host, port=port, log_level="info", access_log=False)
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Apply all migrations and sync the category taxonomy."""

@@ -24,6 +24,7 @@ from cyxwiz.web import problems
 from cyxwiz.web.api.v1 import auth as auth_api
 from cyxwiz.web.api.v1 import billing as billing_api
 from cyxwiz.web.api.v1 import catalog as catalog_api
+from cyxwiz.web.api.v1 import nodes as nodes_api
 from cyxwiz.web.deps import AppContext
 from cyxwiz.web.middleware import BodyLimitMiddleware
 
@@ -78,6 +79,7 @@ def create_app(
     app.include_router(auth_api.router, prefix=api)
     app.include_router(catalog_api.router, prefix=api)
     app.include_router(billing_api.router, prefix=api)
+    app.include_router(nodes_api.router, prefix=api)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

@@ -1,0 +1,105 @@
+"""What the inference domain hands to its callers (the gateway, the web layer, nodes).
+
+Plain frozen dataclasses, detached from any database session, so the gateway may cache them
+between requests; and the domain's errors with their stable codes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cyxwiz.errors import Conflict, DomainError, NotAuthenticated, PermissionDenied
+
+
+class NodeEndpoint(Protocol):
+    """Where a node listens and the secret the gateway presents to it."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def gateway_secret(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RoutableNode:
+    """A node the gateway may send work to right now (online, fresh heartbeat)."""
+
+    id: uuid.UUID
+    operator_id: uuid.UUID
+    name: str
+    url: str
+    gateway_secret: str
+    capacity: int
+    load: int  # outstanding requests at the node's last heartbeat
+    warm: frozenset[uuid.UUID] = field(default_factory=frozenset)
+    assigned: frozenset[uuid.UUID] = field(default_factory=frozenset)
+    last_heartbeat_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    size: int  # plaintext bytes
+    sha256: str  # = the blob's content address
+    stored_size: int  # encrypted bytes the node downloads
+    data_key: bytes  # the blob's unwrapped AES-256 data key: never log or persist it
+
+
+@dataclass(frozen=True)
+class NodeManifest:
+    """What a node needs to serve one version: its files and their data keys."""
+
+    version_id: uuid.UUID
+    model: str  # owner/name
+    version: str  # the version label
+    entrypoint: str | None  # the ONNX file to load (model.onnx, or the only .onnx file)
+    files: tuple[ManifestFile, ...]
+
+
+class InvalidNodeToken(NotAuthenticated):
+    code = "invalid_node_token"
+
+
+class NotAssigned(PermissionDenied):
+    """The node asked for a version (or blob) the platform has not assigned to it."""
+
+    code = "not_assigned"
+
+
+class NodeNotRegistered(Conflict):
+    code = "node_not_registered"
+
+
+class NodeUnavailable(Conflict):
+    """The node is draining, offline, retired or not registered: no new work for it."""
+
+    code = "node_unavailable"
+
+
+class NodeCallError(DomainError):
+    """A call from the gateway to a node failed.
+
+    ``retryable`` is True when another node may well succeed (connection refused, timeout,
+    5xx, the node not knowing its secret yet); False for the caller's own fault (bad input).
+    """
+
+    code = "model_unavailable"
+    status = 503
+    title = "Model unavailable"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retryable: bool,
+        code: str | None = None,
+        status: int | None = None,
+        node_status: int | None = None,
+    ) -> None:
+        super().__init__(detail, code=code, status=status)
+        self.retryable = retryable
+        self.node_status = node_status  # the node's HTTP status, None if it never answered
