@@ -103,3 +103,62 @@ class NodeCallError(DomainError):
         super().__init__(detail, code=code, status=status)
         self.retryable = retryable
         self.node_status = node_status  # the node's HTTP status, None if it never answered
+
+
+# ---------------------------------------------------------------- metering (gateway <-> meter)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Permission to run one inference, granted by the meter before any work is done.
+
+    ``kind`` is ``paid`` (covered by a reservation on the caller's balance) or ``demo`` (one of
+    the caller's free demo inferences). A ticket is settled exactly once: ``settle`` after a
+    successful answer (billed), ``cancel`` after a failure (never billed).
+    """
+
+    kind: str  # paid | demo
+    user_id: uuid.UUID
+    model_id: uuid.UUID
+    version_id: uuid.UUID
+    api_key_id: uuid.UUID | None
+    units: int  # requests (per_1k_requests) or tokens (per_1k_tokens) reserved for this call
+    unit: str  # request | token
+    currency: str | None  # None for demo
+    token: str  # the meter's own handle for the reserved capacity
+
+
+class Meter(Protocol):
+    """What the gateway needs from metering; implemented in ``cyxwiz.inference.metering``."""
+
+    async def authorize(
+        self,
+        *,
+        user_id: uuid.UUID,
+        model_id: uuid.UUID,
+        version_id: uuid.UUID,
+        api_key_id: uuid.UUID | None,
+        units: int,
+    ) -> Ticket:
+        """A ticket for ``units``, or raise ``insufficient_funds`` (402), ``quota_exhausted``
+        (429, demo credits used up, no paid offer) or ``not_for_sale`` (409)."""
+        ...
+
+    async def settle(
+        self, ticket: Ticket, *, request_id: str, node_id: uuid.UUID | None, units: int
+    ) -> None:
+        """Record a successful inference (idempotent by ``request_id``); ``units`` ≤ reserved;
+        ``node_id`` None for a cache hit (no compute share)."""
+        ...
+
+    async def cancel(self, ticket: Ticket) -> None:
+        """Give the ticket's capacity back: the inference failed and is never billed."""
+        ...
+
+    async def flush(self) -> None:
+        """Write buffered usage events and post their charges through the ledger now."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release every outstanding reservation (process shutdown)."""
+        ...
