@@ -72,6 +72,40 @@ class Settings(BaseSettings):
     release_interval_seconds: float = 60.0
     faucet_max_amount: int = 10_000 * 10**6
 
+    # Hosted inference: metering and demo credits
+    demo_credits_per_model: int = Field(default=10, ge=0)
+    compute_share_bps: int = Field(default=3000, ge=0, le=10_000)
+    inference_platform_fee_bps: int = Field(default=2000, ge=0, le=10_000)
+    reservation_requests: int = Field(
+        default=100, ge=1, description="calls one balance reservation covers (a block)"
+    )
+    metering_flush_seconds: float = Field(default=1.0, gt=0)
+    metering_batch_size: int = Field(default=1000, ge=1)
+    metering_idle_release_seconds: float = Field(
+        default=30.0, gt=0, description="an unused reservation is released after this long"
+    )
+
+    # Inference gateway (docs/gateway.md)
+    redis_url: str | None = Field(
+        default=None, description="Redis for rate-limit buckets shared by API replicas."
+    )
+    inference_rate_per_second: float = 50.0  # token bucket refill per API key (or user)
+    inference_burst: int = 100  # token bucket size
+    inference_cache_seconds: float = 60.0  # results of deterministic models; 0 disables
+    inference_cache_entries: int = 10_000
+    inference_auth_cache_seconds: float = 5.0  # a revoked key still works up to this long
+    inference_model_cache_seconds: float = 2.0  # owner/name -> latest published version
+    inference_nodes_cache_seconds: float = 1.0  # the routing table
+    inference_node_stale_seconds: float = 15.0  # no heartbeat for this long: out of routing
+    inference_max_body_bytes: int = 16 * 1024 * 1024
+    inference_node_timeout_seconds: float = 30.0
+    inference_fast_path: bool = True  # serve infer routes below the framework (plain ASGI)
+    eviction_interval_seconds: float = 5.0  # marks nodes with missed heartbeats offline
+    # The local node `cyxwiz serve` starts (port 0 = serve port + 1)
+    local_node: bool = True
+    local_node_port: int = 0
+    local_node_capacity: int = 0  # 0 = CPU count
+
     @field_validator("previous_master_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -84,6 +84,23 @@ def earnings_account(session: Session, user_id: uuid.UUID, currency: Currency) -
     )
 
 
+def node_earnings_code(user_id: uuid.UUID, currency: Currency) -> str:
+    return f"node:{user_id}:{currency.value}"
+
+
+def node_earnings_account(
+    session: Session, user_id: uuid.UUID, currency: Currency
+) -> LedgerAccount:
+    """A node operator's compute earnings from hosted inference (cannot go below zero)."""
+    return ledger.get_or_create_account(
+        session,
+        code=node_earnings_code(user_id, currency),
+        currency=currency,
+        kind="node_earnings",
+        user_id=user_id,
+    )
+
+
 def platform_account(session: Session, purpose: str, currency: Currency) -> LedgerAccount:
     """Platform accounts: revenue and escrow hold money (no overdraft); the faucet (a source of
     test money) and receivables (what creators owe after late refunds, debit-normal) may go

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -67,8 +67,23 @@ def serve(
         bool, typer.Option("--demo", help="Build the demo catalogue if the database is empty.")
     ] = False,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    node: Annotated[
+        bool,
+        typer.Option(
+            "--node/--no-node",
+            envvar="CYXWIZ_LOCAL_NODE",
+            help="Start one local inference node (a `cyxwiz node` subprocess).",
+        ),
+    ] = True,
+    node_port: Annotated[
+        int,
+        typer.Option(
+            envvar="CYXWIZ_LOCAL_NODE_PORT", help="The local node's port (default PORT+1)."
+        ),
+    ] = 0,
 ) -> None:
-    """Run the marketplace (migrates the database first)."""
+    """Run the marketplace (migrates the database first) and, by default, one local
+    inference node, so hosted inference works out of the box."""
     import uvicorn
 
     settings = load_settings(data_dir)
@@ -78,15 +93,129 @@ def serve(
 
         seed_if_empty(settings, echo=typer.echo)
     typer.secho(f"CyxWiz Marketplace on http://{host}:{port}  (API docs: /docs)", fg="green")
-    if workers > 1:
-        import os
+    local = None
+    if node and settings.is_production:
+        typer.echo("production: no local node (run `cyxwiz node` on your node hosts)")
+    elif node:
+        local = _start_local_node(settings, host=host, port=port, node_port=node_port or port + 1)
+        _exit_on_sigterm()  # uvicorn re-raises SIGTERM after its shutdown: run `finally` below
+    try:
+        if workers > 1:
+            import os
 
-        os.environ["CYXWIZ_DATA_DIR"] = str(settings.data_dir)
-        uvicorn.run("cyxwiz.web.asgi:app", host=host, port=port, workers=workers, log_level="info")
+            os.environ["CYXWIZ_DATA_DIR"] = str(settings.data_dir)
+            uvicorn.run(
+                "cyxwiz.web.asgi:app", host=host, port=port, workers=workers, log_level="info"
+            )
+            return
+        from cyxwiz.web.app import create_app
+
+        uvicorn.run(
+            create_app(settings, run_scheduler=True), host=host, port=port, log_level="info"
+        )
+    finally:
+        if local is not None:
+            _stop_process(local)
+
+
+LOCAL_OPERATOR = "local-node-operator"
+LOCAL_NODE = "local"
+
+
+def _start_local_node(settings: Settings, *, host: str, port: int, node_port: int) -> Any:
+    """Create (once) the system operator and its node, rotate the node's token (the old one
+    dies), and spawn ``cyxwiz node`` with the token in its environment."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    from sqlalchemy import select
+
+    from cyxwiz.accounts import service as accounts
+    from cyxwiz.accounts.models import User
+    from cyxwiz.db import Database
+    from cyxwiz.inference import service as nodes
+    from cyxwiz.inference.models import Node
+
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            operator = session.scalar(select(User).where(User.username == LOCAL_OPERATOR))
+            if operator is None:
+                operator = accounts.register(
+                    session,
+                    username=LOCAL_OPERATOR,
+                    email=f"{LOCAL_OPERATOR}@localhost.invalid",
+                    password=secrets.token_urlsafe(32),  # never used: nobody logs in as it
+                    display_name="Local inference node",
+                )
+            found = session.scalar(
+                select(Node).where(
+                    Node.operator_id == operator.id,
+                    Node.name == LOCAL_NODE,
+                    Node.deleted_at.is_(None),
+                )
+            )
+            if found is None:
+                token, _ = nodes.create_node(session, operator=operator, name=LOCAL_NODE)
+            else:
+                token = nodes.rotate_token(session, node=found, actor=operator)
+    finally:
+        db.engine.dispose()
+    market_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    if ":" in market_host:
+        market_host = f"[{market_host}]"
+    env = {**os.environ, "CYXWIZ_NODE_TOKEN": token}
+    cmd = [
+        sys.executable,
+        "-m",
+        "cyxwiz",
+        "node",
+        "--marketplace",
+        f"http://{market_host}:{port}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(node_port),
+        "--cache-dir",
+        str(settings.data_dir / "node-cache"),
+    ]
+    typer.secho(f"local inference node on http://127.0.0.1:{node_port}", fg="green")
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+    )
+
+
+def _die_with_parent() -> None:
+    """In the node's process (Linux): get SIGTERM when `serve` dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_on_sigterm() -> None:
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_process(proc: Any, timeout: float = 10.0) -> None:
+    import subprocess
+
+    if proc.poll() is not None:
         return
-    from cyxwiz.web.app import create_app
-
-    uvicorn.run(create_app(settings, run_scheduler=True), host=host, port=port, log_level="info")
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 @app.command("demo")

@@ -75,6 +75,9 @@ def demo_price(name: str) -> int | None:
     return PRICES_USDC[sum(name.encode()) % len(PRICES_USDC)] * 10**6
 
 
+DEMO_PER_1K_REQUESTS = 1_000_000  # 1 USDC per 1,000 inferences (0.001 USDC a call)
+
+
 def load_money(
     session: Session, *, settings: Settings, models: list[DemoModel], now: datetime
 ) -> int:
@@ -97,7 +100,11 @@ def load_money(
                 session,
                 model=model,
                 actor=model.owner,
-                document=OffersDocument(one_time=Price(amount=price, currency="USDC")),
+                document=OffersDocument(
+                    one_time=Price(amount=price, currency="USDC"),
+                    # hosted inference through the gateway: 1 USDC per 1,000 calls
+                    per_1k_requests=Price(amount=DEMO_PER_1K_REQUESTS, currency="USDC"),
+                ),
             )
     made = 0
     for username, display, bio in DEMO_BUYERS:

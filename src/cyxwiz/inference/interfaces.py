@@ -112,12 +112,12 @@ class NodeCallError(DomainError):
 class Ticket:
     """Permission to run one inference, granted by the meter before any work is done.
 
-    ``kind`` is ``paid`` (covered by a reservation on the caller's balance) or ``demo`` (one of
-    the caller's free demo inferences). A ticket is settled exactly once: ``settle`` after a
+    ``kind`` is ``paid`` (covered by a reservation on the caller's balance), ``demo`` (one of
+    the caller's free demo inferences) or ``owner`` (the model's owner: free, still recorded). A ticket is settled exactly once: ``settle`` after a
     successful answer (billed), ``cancel`` after a failure (never billed).
     """
 
-    kind: str  # paid | demo
+    kind: str  # paid | demo | owner
     user_id: uuid.UUID
     model_id: uuid.UUID
     version_id: uuid.UUID

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from cyxwiz.money import format_amount
 
@@ -34,6 +34,20 @@ class OffersDocument(Strict):
     one_time: Price | None = Field(
         default=None, examples=[{"amount": 49000000, "currency": "USDC"}]
     )
+    per_1k_requests: Price | None = Field(
+        default=None,
+        description="hosted inference: the price of 1,000 calls (each successful call = 1 unit)",
+        examples=[{"amount": 1000000, "currency": "USDC"}],
+    )
+    per_1k_tokens: Price | None = Field(
+        default=None,
+        description="hosted inference of text models: the price of 1,000 input tokens "
+        "(a string's token count is ceil(UTF-8 bytes / 4), at least 1; see docs/metering.md)",
+        examples=[{"amount": 20000, "currency": "USDC"}],
+    )
+
+
+PER_USE_FIELDS = ("per_1k_requests", "per_1k_tokens")
 
 
 class OffersOut(BaseModel):
@@ -41,7 +55,23 @@ class OffersOut(BaseModel):
     one_time_cyx: PriceOut | None = Field(
         default=None, description="what paying in CYX costs (15% off the USDC price)"
     )
-    free: bool
+    free: bool = Field(description="no one-time price: the files download without a license")
+    per_1k_requests: PriceOut | None = Field(
+        default=None, description="hosted inference price per 1,000 calls (absent: none)"
+    )
+    per_1k_tokens: PriceOut | None = Field(
+        default=None, description="hosted inference price per 1,000 input tokens (absent: none)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_per_use(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Per-use prices are left out when not set, so the document stays what it was for
+        # models without hosted inference (older clients compare it as a whole).
+        data: dict[str, Any] = handler(self)
+        for name in PER_USE_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class LicenseOut(BaseModel):

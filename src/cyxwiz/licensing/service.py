@@ -40,6 +40,13 @@ def set_offers(
             "one_time prices are set in USDC (buyers paying in CYX get 15% off at the platform rate)",
             code="invalid_offer",
         )
+    per_use = [p for p in (document.per_1k_requests, document.per_1k_tokens) if p is not None]
+    if len(per_use) > 1:
+        raise InvalidInput(
+            "set at most one of per_1k_requests and per_1k_tokens", code="invalid_offer"
+        )
+    if any(p.currency != "USDC" for p in per_use):
+        raise InvalidInput("per-use prices are set in USDC", code="invalid_offer")
     row = session.scalar(select(Offer).where(Offer.model_id == model.id))
     data = document.model_dump(exclude_none=True)
     if row is None:

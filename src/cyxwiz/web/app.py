@@ -18,13 +18,17 @@ from cyxwiz import __version__
 from cyxwiz.clock import Clock, SystemClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
+from cyxwiz.inference.gateway import Gateway
+from cyxwiz.inference.interfaces import Meter
 from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.storage import BlobStore, blob_store_from_settings
 from cyxwiz.web import problems
 from cyxwiz.web.api.v1 import auth as auth_api
 from cyxwiz.web.api.v1 import billing as billing_api
 from cyxwiz.web.api.v1 import catalog as catalog_api
+from cyxwiz.web.api.v1 import inference as inference_api
 from cyxwiz.web.api.v1 import nodes as nodes_api
+from cyxwiz.web.api.v1 import usage as usage_api
 from cyxwiz.web.deps import AppContext
 from cyxwiz.web.middleware import BodyLimitMiddleware
 
@@ -39,20 +43,36 @@ def create_app(
     blobs: BlobStore | None = None,
     clock: Clock | None = None,
     run_scheduler: bool = False,
+    meter: Meter | None = None,
 ) -> FastAPI:
     """Build the app for ``settings``; tests pass their own database, blob store and clock.
 
-    ``run_scheduler`` starts the background jobs (escrow release) — ``cyxwiz serve`` does.
+    ``run_scheduler`` starts the background jobs (escrow release, node eviction) — ``cyxwiz
+    serve`` does. ``meter`` meters inference (default: ``cyxwiz.inference.metering``).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_release_loop(app.state.ctx)) if run_scheduler else None
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        ctx: AppContext = app.state.ctx
+        tasks = (
+            [
+                asyncio.create_task(_release_loop(ctx)),
+                asyncio.create_task(_eviction_loop(ctx)),
+            ]
+            if run_scheduler
+            else []
+        )
+        if ctx.gateway is not None:
+            await ctx.gateway.start()
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if ctx.gateway is not None:
+                await ctx.gateway.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -73,13 +93,22 @@ def create_app(
         clock=clock or SystemClock(),
         signer=LicenseSigner(settings.master_keys),
     )
+    ctx: AppContext = app.state.ctx
+    ctx.gateway = Gateway(
+        settings=settings,
+        db=ctx.db,
+        clock=ctx.clock,
+        meter=meter if meter is not None else _default_meter(ctx),
+    )
     problems.install(app)
 
     api = "/api/v1"
+    app.include_router(inference_api.router)  # before catalog: /models/{owner}/{name}/infer
     app.include_router(auth_api.router, prefix=api)
     app.include_router(catalog_api.router, prefix=api)
     app.include_router(billing_api.router, prefix=api)
     app.include_router(nodes_api.router, prefix=api)
+    app.include_router(usage_api.router, prefix=api)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -92,12 +121,36 @@ def create_app(
 
     def limit_for(scope: Scope) -> int:
         path: str = scope.get("path", "")
+        if path.endswith("/infer"):
+            return settings.inference_max_body_bytes
         if "/files/" in path or path.endswith("/upload"):
             return settings.max_upload_bytes
         return settings.max_json_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    # Outermost: the infer routes' hot path skips the framework (see web/api/v1/inference.py).
+    app.add_middleware(inference_api.InferenceFastPath, gateway=lambda: ctx.gateway)
     return app
+
+
+def _default_meter(ctx: AppContext) -> Meter | None:
+    """The metering engine (``cyxwiz.inference.metering.UsageMeter``), one per process."""
+    from cyxwiz.inference.metering import UsageMeter
+
+    return UsageMeter(ctx.db, ctx.settings, ctx.clock)
+
+
+async def _eviction_loop(ctx: AppContext) -> None:
+    """Mark nodes that missed their heartbeats offline, every ``eviction_interval_seconds``."""
+    while True:
+        try:
+            if ctx.gateway is not None:
+                evicted = await anyio.to_thread.run_sync(ctx.gateway.evict_stale)
+                if evicted:
+                    log.info("%d inference nodes missed their heartbeats: offline", evicted)
+        except Exception:  # keep the loop alive; the job is idempotent
+            log.exception("node eviction failed")
+        await asyncio.sleep(ctx.settings.eviction_interval_seconds)
 
 
 async def _release_loop(ctx: AppContext) -> None:

@@ -15,6 +15,7 @@ from cyxwiz.clock import Clock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.errors import NotAuthenticated, PermissionDenied
+from cyxwiz.inference.gateway import Gateway
 from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.storage import BlobStore
 
@@ -32,6 +33,7 @@ class AppContext:
     blobs: BlobStore
     clock: Clock
     signer: LicenseSigner
+    gateway: Gateway | None = None  # the inference gateway (web/api/v1/inference.py)
 
 
 def get_ctx(request: Request) -> AppContext:

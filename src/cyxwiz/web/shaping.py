@@ -38,11 +38,20 @@ def license_out(session: Session, ctx: AppContext, lic: License, *, with_key: bo
 
 
 def offers_out(settings: Any, doc: OffersDocument) -> OffersOut:
+    per_use = {
+        name: PriceOut.of(price.amount, price.currency)
+        for name, price in (
+            ("per_1k_requests", doc.per_1k_requests),
+            ("per_1k_tokens", doc.per_1k_tokens),
+        )
+        if price is not None
+    }
     if doc.one_time is None:
-        return OffersOut(free=True)
+        return OffersOut(free=True, **per_use)
     cyx = flows.price_in(settings, doc.one_time.amount, Currency.CYX)
     return OffersOut(
         free=False,
         one_time=PriceOut.of(doc.one_time.amount, doc.one_time.currency),
         one_time_cyx=PriceOut.of(cyx, "CYX"),
+        **per_use,
     )
