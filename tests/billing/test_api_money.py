@@ -336,6 +336,10 @@ def test_release_pays_fee_and_contributor_splits_exactly(
         "lifetime_released_sales_usdc": 10_000_001,
     }
     assert earn["models"][0]["sales"] == 1
+    assert earn["models"][0]["contributors"] == {
+        ada.username: {"USDC": ada_part},
+        cy.username: {"USDC": cy_part},
+    }
     # the buyer's history shows the escrow hold and its capture
     hist = client.get("/api/v1/ledger/transfers?per_page=2", headers=bob.headers).json()
     assert hist["total"] == 3  # faucet, escrow (pending), capture (post)

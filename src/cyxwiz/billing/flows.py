@@ -562,6 +562,8 @@ class ModelEarnings:
     downloads: int = 0
     pending: dict[str, int] = field(default_factory=dict)
     released: dict[str, int] = field(default_factory=dict)
+    # every contributor's share of this model's non-refunded sales: user id -> currency -> amount
+    contributors: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def creator_earnings(session: Session, *, user: User) -> dict[str, Any]:
@@ -590,13 +592,24 @@ def creator_earnings(session: Session, *, user: User) -> dict[str, Any]:
             me.refunds += 1
             continue
         me.sales += 1
+        for split, part in zip(p.splits, parts, strict=True):
+            per_cur = me.contributors.setdefault(split["user_id"], {})
+            per_cur[p.currency] = per_cur.get(p.currency, 0) + part
         bucket = me.pending if p.status == "escrow" else me.released
         bucket[p.currency] = bucket.get(p.currency, 0) + mine
         if p.status == "escrow":
             pending[p.currency] += mine
         else:
             lifetime[p.currency] += mine
+    names = dict(
+        session.execute(
+            select(User.id, User.username).where(
+                User.id.in_({uuid.UUID(u) for me in per_model.values() for u in me.contributors})
+            )
+        ).all()
+    )
     for model_id, me in per_model.items():
+        me.contributors = {names[uuid.UUID(u)]: v for u, v in me.contributors.items()}
         lic_downloads = session.scalar(
             select(func.coalesce(func.sum(License.downloads), 0)).where(
                 License.model_id == model_id
