@@ -28,7 +28,10 @@ test: install ## Install test extras and run the whole suite (SQLite)
 test-pg: ## Run the whole suite against PostgreSQL (PG_URL)
 	CYXWIZ_TEST_DATABASE_URL=$(PG_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: ## Run the benchmarks (prints tables of figures)
+bench: ## Run the benchmarks (each prints a table of figures with ratios)
 	$(PY) bench/storage.py
+	$(PY) bench/ledger.py
+	$(PY) bench/metering.py
+	$(PY) bench/inference.py
 
 .PHONY: help install serve fmt lint test test-pg bench
