@@ -397,7 +397,10 @@ def _pay_share(
             CreatorDebt.currency == cur.value,
             CreatorDebt.remaining > 0,
         )
-        .order_by(CreatorDebt.created_at)
+        .order_by(CreatorDebt.created_at, CreatorDebt.id)
+        # Two releases for one creator must not both repay the same debt.
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     for debt in debts:
         if repay_total >= part:
@@ -440,6 +443,16 @@ def release_due(session: Session, *, now: datetime, limit: int = 200) -> int:
         .limit(limit)
         .with_for_update(skip_locked=True, of=Purchase)
     ).all()
+    if due:
+        # The global lock order (platform accounts first): see ledger.lock_accounts.
+        ledger.lock_accounts(
+            session,
+            {
+                platform_account(session, purpose, Currency(cur)).id
+                for cur in {p.currency for p in due}
+                for purpose in ("escrow", "revenue", "receivables")
+            },
+        )
     return sum(1 for p in due if release(session, purchase=p, now=now))
 
 
@@ -448,14 +461,22 @@ def release_due(session: Session, *, now: datetime, limit: int = 200) -> int:
 
 def refund(session: Session, *, license: License, actor: User, now: datetime) -> Purchase:
     """Refund a purchase: the buyer within the window (escrow voided), an admin at any time."""
-    row = session.scalar(select(Purchase).where(Purchase.license_id == license.id))
+    # Lock the purchase first so a refund and a release of it serialize instead of deadlocking.
+    row = session.scalar(
+        select(Purchase)
+        .where(Purchase.license_id == license.id)
+        .with_for_update(of=Purchase)
+        .execution_options(populate_existing=True)
+    )
     if row is None:
         raise NotFound("no purchase for this license", code="license_not_found")
     if actor.id != row.buyer_id and not actor.is_admin:
         raise NotFound("no such license", code="license_not_found")
     if row.status == "refunded":
         return row
-    if not actor.is_admin and now >= row.refund_window_ends_at:
+    # Buyers can only undo an escrowed sale; once released (the window closed) only an admin
+    # can take money back from the creator.
+    if not actor.is_admin and (now >= row.refund_window_ends_at or row.status != "escrow"):
         raise RefundWindowClosed(
             f"refunds are possible for {(row.refund_window_ends_at - row.created_at).days} days after purchase; "
             f"this window closed {row.refund_window_ends_at.isoformat()}"

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -160,7 +160,33 @@ def balance_of_code(session: Session, code: str, currency: Currency) -> Balance:
 def create_transfers(session: Session, specs: list[TransferSpec]) -> list[LedgerTransfer]:
     """Apply ``specs`` as one linked set: every one succeeds (or already existed) or none."""
     with session.begin_nested():
+        lock_accounts(session, _accounts_of(session, specs))
         return [_apply(session, spec) for spec in specs]
+
+
+def _accounts_of(session: Session, specs: list[TransferSpec]) -> set[uuid.UUID]:
+    ids: set[uuid.UUID] = set()
+    for spec in specs:
+        if spec.pending_id is not None:
+            pending = session.get(LedgerTransfer, spec.pending_id)
+            if pending is not None:
+                ids.update((pending.debit_account_id, pending.credit_account_id))
+        ids.update(a for a in (spec.debit, spec.credit) if a is not None)
+    return ids
+
+
+def lock_accounts(session: Session, ids: set[uuid.UUID]) -> None:
+    """Row-lock accounts in the one global order — platform accounts first, then by id — so
+    concurrent linked sets (a purchase, a release batch) never wait on each other in a cycle.
+    A no-op on SQLite, whose single writer already serializes transactions."""
+    if not ids or session.get_bind().dialect.name == "sqlite":
+        return
+    session.execute(
+        select(LedgerAccount.id)
+        .where(LedgerAccount.id.in_(ids))
+        .order_by(case((LedgerAccount.kind.like("platform_%"), 0), else_=1), LedgerAccount.id)
+        .with_for_update()
+    ).all()
 
 
 def create_transfer(session: Session, spec: TransferSpec) -> LedgerTransfer:
