@@ -88,9 +88,13 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[object]:
-    """Debian's Chromium driven by Playwright (never a downloaded browser build)."""
+    """Debian's Chromium driven by Playwright (never a downloaded browser build).
+
+    Function-scoped on purpose: while Playwright's sync API is started, the worker's main
+    thread counts as running an event loop, so any later test in the same xdist worker that
+    calls asyncio.run() would fail. Each browser test starts and stops its own Playwright."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: the browser tests need Debian's Chromium. "
