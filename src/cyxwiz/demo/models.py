@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cyxwiz.demo import _runtime
+from cyxwiz.inference import simple_json as _runtime
 
 if TYPE_CHECKING:
     from cyxwiz.demo._spec import Dataset, Spec

@@ -31,8 +31,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from cyxwiz.demo import _runtime as simple_json
 from cyxwiz.errors import InvalidInput
+from cyxwiz.inference import simple_json
 from cyxwiz.inference.interfaces import NodeCallError, NodeEndpoint
 from cyxwiz.inference.oip import (
     OIP_TO_NUMPY,

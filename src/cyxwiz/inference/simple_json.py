@@ -1,4 +1,4 @@
-"""Run a demo ONNX model on JSON inputs and shape its answer as JSON.
+"""The simple JSON convention for ONNX models: JSON inputs in, JSON answers out.
 
 The model carries what is needed to read its outputs in its own metadata
 (``cyxwiz.kind``, ``cyxwiz.labels``, ``cyxwiz.targets``, ``cyxwiz.features``), so the bytes
