@@ -115,8 +115,10 @@ def create_app(
         return {"status": "ok", "version": __version__}
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    from cyxwiz.web.ui import playground as playground_ui
     from cyxwiz.web.ui import routes as ui_routes
 
+    app.include_router(playground_ui.router, include_in_schema=False)  # before the UI catch-all
     app.include_router(ui_routes.router, include_in_schema=False)
 
     def limit_for(scope: Scope) -> int:

@@ -42,6 +42,7 @@ from cyxwiz.web.deps import (
 from cyxwiz.web.files import serve_model_file
 from cyxwiz.web.shaping import offers_out
 from cyxwiz.web.ui import billing as billing_ui
+from cyxwiz.web.ui import playground
 from cyxwiz.web.ui.forms import (
     CsrfForm,
     UiActor,
@@ -532,6 +533,7 @@ def _model_page(
             "metrics": card_metrics(meta),
             "drafts": [v for v in versions if v.status == "draft"],
             **money,
+            **playground.panel_context(request, ctx, session, model=model, viewer=viewer),
         },
         status=status,
     )
