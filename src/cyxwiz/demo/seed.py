@@ -95,14 +95,15 @@ def load_money(
     for dm in models:
         model = catalog.find_model(session, owner=dm.owner, name=dm.name)
         price = demo_price(dm.name)
-        if model is not None and price is not None:
+        if model is not None:
             set_offers(
                 session,
                 model=model,
                 actor=model.owner,
                 document=OffersDocument(
-                    one_time=Price(amount=price, currency="USDC"),
-                    # hosted inference through the gateway: 1 USDC per 1,000 calls
+                    # free-to-download models have no one-time price
+                    one_time=Price(amount=price, currency="USDC") if price is not None else None,
+                    # every demo model is hosted: 1 USDC per 1,000 calls through the gateway
                     per_1k_requests=Price(amount=DEMO_PER_1K_REQUESTS, currency="USDC"),
                 ),
             )
