@@ -337,6 +337,13 @@ def _same_request(existing: Purchase, model: Model, currency: Currency) -> Purch
 # ---------------------------------------------------------------- release
 
 
+def sale_split(purchase: Purchase) -> tuple[int, list[int]]:
+    """The platform fee and each contributor's share of a sale (frozen on the purchase):
+    fee = floor(amount × fee_bps / 10000); shares split the rest exactly by share_bps."""
+    fee = bps_of(purchase.amount, purchase.fee_bps)
+    return fee, allocate(purchase.amount - fee, [int(s["share_bps"]) for s in purchase.splits])
+
+
 def release(session: Session, *, purchase: Purchase, now: datetime) -> bool:
     """Post the escrow and pay fee + contributor shares in one linked set; idempotent."""
     if purchase.status != "escrow":
@@ -344,10 +351,7 @@ def release(session: Session, *, purchase: Purchase, now: datetime) -> bool:
     cur = Currency(purchase.currency)
     escrow = platform_account(session, "escrow", cur)
     revenue = platform_account(session, "revenue", cur)
-    fee = bps_of(purchase.amount, purchase.fee_bps)
-    share_total = purchase.amount - fee
-    weights = [int(s["share_bps"]) for s in purchase.splits]
-    parts = allocate(share_total, weights)
+    fee, parts = sale_split(purchase)
     specs = [
         TransferSpec(
             id=_tid(purchase.id, "post"),
@@ -520,8 +524,7 @@ def _reverse_released(session: Session, row: Purchase) -> None:
     cur = Currency(row.currency)
     revenue = platform_account(session, "revenue", cur)
     buyer = user_account(session, row.buyer_id, cur)
-    fee = bps_of(row.amount, row.fee_bps)
-    parts = allocate(row.amount - fee, [int(s["share_bps"]) for s in row.splits])
+    fee, parts = sale_split(row)
     specs = [
         TransferSpec(
             id=_tid(row.id, "refund.fee"),
@@ -606,8 +609,7 @@ def creator_earnings(session: Session, *, user: User) -> dict[str, Any]:
         if uid not in shares:
             continue
         me = per_model.setdefault(p.model_id, ModelEarnings(model=p.model.full_name))
-        fee_amt = bps_of(p.amount, p.fee_bps)
-        parts = allocate(p.amount - fee_amt, [int(s["share_bps"]) for s in p.splits])
+        _fee, parts = sale_split(p)
         mine = parts[[s["user_id"] for s in p.splits].index(uid)]
         if p.status == "refunded":
             me.refunds += 1
