@@ -54,6 +54,10 @@ def _tid(*parts: object) -> uuid.UUID:
 # ---------------------------------------------------------------- accounts
 
 
+def platform_code(purpose: str, currency: Currency) -> str:
+    return f"platform:{purpose}:{currency.value}"
+
+
 def user_code(user_id: uuid.UUID, currency: Currency) -> str:
     return f"user:{user_id}:{currency.value}"
 
@@ -107,7 +111,7 @@ def platform_account(session: Session, purpose: str, currency: Currency) -> Ledg
     below zero."""
     return ledger.get_or_create_account(
         session,
-        code=f"platform:{purpose}:{currency.value}",
+        code=platform_code(purpose, currency),
         currency=currency,
         kind=f"platform_{purpose}",
         no_overdraft=purpose not in ("faucet", "receivables"),

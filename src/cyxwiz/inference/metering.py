@@ -809,7 +809,7 @@ class UsageMeter:
             )
         ]
         hold = self._account(
-            s, accounts, f"platform:{HOLD}:{cur.value}", flows.platform_account, HOLD, cur
+            s, accounts, flows.platform_code(HOLD, cur), flows.platform_account, HOLD, cur
         )
         fee = bps_of(charge, self.settings.inference_platform_fee_bps)
         compute_total = bps_of(charge, self.settings.compute_share_bps)
@@ -863,7 +863,7 @@ class UsageMeter:
                     credit=self._account(
                         s,
                         accounts,
-                        f"platform:revenue:{cur.value}",
+                        flows.platform_code("revenue", cur),
                         flows.platform_account,
                         "revenue",
                         cur,
