@@ -4,14 +4,17 @@ For each database (a temp SQLite file; PostgreSQL when reachable) it migrates a 
 creates buyers with funded balances, a per-request-priced model and a node, then measures:
 
 - ``meter settle+flush``: ``settle()`` of N pre-authorized tickets and ``flush()`` — the event
-  rows (INSERT .. ON CONFLICT DO NOTHING RETURNING) plus the linked ledger set per batch
-  (post + re-reserve per block, fee, compute share, contributor shares);
+  rows (SQLite: executemany of ``INSERT .. ON CONFLICT DO NOTHING``; PostgreSQL: binary COPY
+  into a temp table + one ``INSERT .. SELECT .. ON CONFLICT DO NOTHING``) plus, in the same
+  transaction, one linked ledger set settling the used-up blocks (post, fee, compute share,
+  contributor shares);
 - ``meter authorize+settle+flush``: the same with ``authorize()`` per call as well (a new
   reservation every ``reservation_requests`` calls per buyer);
 - ``raw INSERT``: the same rows inserted with plain executemany, one commit per batch — the
   limit of the database on this machine.
 
-    python bench/metering.py [--events 100000] [--pg postgresql+psycopg://postgres@127.0.0.1/x]
+    python bench/metering.py [--events 100000] [--repeat 3] [--no-pg | --no-sqlite]
+                             [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import base64
 import os
 import secrets
+import statistics
 import tempfile
 import time
 import uuid
@@ -48,6 +52,7 @@ from cyxwiz.money import Currency
 
 BUYERS = 20
 PRICE = 1_000_000  # per 1k requests: 1000 minor units a call
+FUND = 10_000 * 10**6  # per buyer: 10,000 USDC
 
 
 @dataclass
@@ -82,18 +87,23 @@ def setup(db: Database, settings: Settings) -> World:
             document=OffersDocument.model_validate({"per_1k_requests": {"amount": PRICE}}),
         )
         _, node = nodes.create_node(s, operator=op, name="bench-node")
+        source = ledger.get_or_create_account(
+            s, code="bench:source:USDC", currency=Currency.USDC, kind="bench", no_overdraft=False
+        )
         buyers = []
         for i in range(BUYERS):
             u = accounts.register(
                 s, username=f"bench-buyer{i}", email=f"b{i}@example.com", password="bench pw 12345"
             )
-            flows.faucet(
+            ledger.create_transfer(  # funds straight from a bench source account
                 s,
-                settings=settings,
-                user=u,
-                currency=Currency.USDC,
-                amount=settings.faucet_max_amount,
-                idempotency_key="bench",
+                ledger.TransferSpec(
+                    id=uuid.uuid4(),
+                    code="bench.fund",
+                    debit=source.id,
+                    credit=flows.user_account(s, u.id, Currency.USDC).id,
+                    amount=FUND,
+                ),
             )
             buyers.append(u.id)
         return World(buyers, model.id, version.id, node.id)
@@ -135,6 +145,7 @@ def raw_inserts(db: Database, w: World, n: int, batch: int) -> float:
     now_rows = []
     now = datetime.now(UTC)
     bid = uuid.uuid4()
+    blocks = [uuid.uuid4() for _ in w.buyers]  # like the meter's: one reservation per buyer
     for i in range(n):
         now_rows.append(
             {
@@ -152,6 +163,7 @@ def raw_inserts(db: Database, w: World, n: int, batch: int) -> float:
                 "units": 1,
                 "currency": "USDC",
                 "amount": 1000,
+                "reservation_id": blocks[i % len(blocks)],
                 "occurred_at": now,
                 "day": now.date(),
             }
@@ -164,7 +176,9 @@ def raw_inserts(db: Database, w: World, n: int, batch: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run_one(label: str, url: str, events: int) -> list[tuple[str, str, float]]:
+def run_one(label: str, url: str, events: int, repeat: int) -> list[tuple[str, str, float]]:
+    """``repeat`` rounds of the three measurements, interleaved so that each round's ratios
+    are taken under the same machine load; each figure is the median of its rounds."""
     settings = Settings(
         data_dir=Path(tempfile.mkdtemp()),
         master_key=base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -174,19 +188,29 @@ def run_one(label: str, url: str, events: int) -> list[tuple[str, str, float]]:
     db = Database.from_url(url)
     upgrade(db.engine)
     w = setup(db, settings)
-    raw = raw_inserts(db, w, events, settings.metering_batch_size)
-    settle = asyncio.run(metered(db, settings, w, events, with_authorize=False))
-    full = asyncio.run(metered(db, settings, w, events, with_authorize=True))
+    asyncio.run(metered(db, settings, w, 2000, with_authorize=False))  # warm up
+    rounds: dict[str, list[float]] = {"raw": [], "settle": [], "full": []}
+    for _ in range(repeat):
+        rounds["raw"].append(raw_inserts(db, w, events, settings.metering_batch_size))
+        rounds["settle"].append(asyncio.run(metered(db, settings, w, events, False)))
+        rounds["full"].append(asyncio.run(metered(db, settings, w, events, True)))
     with db.session() as s:
         report = ledger.check(s)
         stored = s.scalar(select(func.count()).select_from(UsageEvent))
     assert report.ok, report.problems
-    assert stored == 3 * events, stored
+    assert stored == 2000 + 3 * events * repeat, stored
     db.engine.dispose()
+    ratios = [m / r for m, r in zip(rounds["settle"], rounds["raw"], strict=True)]
+    print(
+        f"{label}: settle+flush/raw per round: "
+        + ", ".join(f"{x:.0%}" for x in ratios)
+        + " | settle+flush ev/s per round: "
+        + ", ".join(f"{x:,.0f}" for x in rounds["settle"])
+    )
     return [
-        (label, "raw INSERT (executemany, commit per 1000)", raw),
-        (label, "meter settle+flush", settle),
-        (label, "meter authorize+settle+flush", full),
+        (label, "raw INSERT (executemany, commit per 1000)", statistics.median(rounds["raw"])),
+        (label, "meter settle+flush", statistics.median(rounds["settle"])),
+        (label, "meter authorize+settle+flush", statistics.median(rounds["full"])),
     ]
 
 
@@ -211,20 +235,31 @@ def pg_database(base_url: str) -> tuple[str, str] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; figures are medians")
     parser.add_argument(
         "--pg",
         default=os.environ.get(
             "CYXWIZ_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
         ),
     )
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rows += run_one("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.events)
-    pg = pg_database(args.pg)
+    if not args.no_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += run_one(
+                "SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.events, args.repeat
+            )
+    pg = None if args.no_pg else pg_database(args.pg)
     if pg is not None:
-        rows += run_one("PostgreSQL", pg[0], args.events)
-    print(f"\nmetering: {args.events:,} usage events per measurement, batches of 1000\n")
+        rows += run_one("PostgreSQL", pg[0], args.events, args.repeat)
+    print(
+        f"\nmetering: {args.events:,} usage events per measurement, batches of 1000, median of "
+        f"{args.repeat} rounds ({os.cpu_count()} CPUs, load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after)\n"
+    )
     print(f"{'database':<11} {'path':<42} {'events/s':>10} {'vs raw':>7}")
     raw_of = {db: r for db, what, r in rows if what.startswith("raw")}
     for db, what, rate in rows:

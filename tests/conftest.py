@@ -11,6 +11,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+
+# Imported before any test runs a chain transaction: executing SPL Token programs in LiteSVM
+# leaves the x87 FPU state dirty, so the next long-double operation in the process (scipy's
+# import-time np.ldexp(longdouble) constant) gets a wrong value and an "invalid value" warning,
+# an error under this suite's filterwarnings. Known issue, docs/chain.md ("Known issues").
+import scipy.stats  # noqa: F401
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, text

@@ -77,6 +77,42 @@ class Api:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
+    def fund(self, who: Account, amount: int, currency: str = "USDC") -> dict[str, Any]:
+        """Fund ``who``'s balance the way a user does: test tokens minted to a fresh wallet on
+        the dev chain, a Solana Pay deposit request, the wallet pays it, the watcher credits it."""
+        from cyxwiz.money import Currency
+        from tests.chain_support import chain_of, funded_wallet, pay
+
+        chain = chain_of(self.client)
+        wallet = funded_wallet(chain, Currency(currency), amount)
+        r = self.client.post(
+            "/api/v1/deposits", json={"amount": amount, "currency": currency}, headers=who.headers
+        )
+        assert r.status_code == 201, r.text
+        pay(chain, wallet, r.json()["url"])
+        r = self.client.post(f"/api/v1/deposits/{r.json()['id']}/scan", headers=who.headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["credited"]["amount"] == amount, r.text
+        return dict(r.json())
+
+    def link_wallet(self, who: Account, wallet: Any) -> dict[str, Any]:
+        """Link a wallet keypair to ``who`` by Sign-In With Solana (challenge, sign, submit)."""
+        from tests.chain_support import sign_message
+
+        address = str(wallet.pubkey())
+        r = self.client.post(
+            "/api/v1/wallets/challenge", json={"address": address}, headers=who.headers
+        )
+        assert r.status_code in (200, 201), r.text
+        message = r.json()["message"]
+        r = self.client.post(
+            "/api/v1/wallets",
+            json={"message": message, "signature": sign_message(wallet, message)},
+            headers=who.headers,
+        )
+        assert r.status_code in (200, 201), r.text
+        return dict(r.json())
+
     def published_model(
         self,
         owner: Account,

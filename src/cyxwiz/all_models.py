@@ -8,6 +8,7 @@ from cyxwiz.inference import models as inference_models
 from cyxwiz.inference import usage_models as inference_usage_models
 from cyxwiz.ledger import models as ledger_models
 from cyxwiz.licensing import models as licensing_models
+from cyxwiz.provenance import models as provenance_models
 
 __all__ = [
     "Base",
@@ -18,4 +19,5 @@ __all__ = [
     "inference_usage_models",
     "ledger_models",
     "licensing_models",
+    "provenance_models",
 ]

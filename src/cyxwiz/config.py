@@ -30,6 +30,11 @@ class BlobBackend(StrEnum):
     s3 = "s3"
 
 
+class ChainBackend(StrEnum):
+    local = "local"
+    rpc = "rpc"
+
+
 class ConfigError(RuntimeError):
     """The configuration cannot be used as given (the message says how to fix it)."""
 
@@ -84,13 +89,27 @@ class Settings(BaseSettings):
     metering_idle_release_seconds: float = Field(
         default=30.0, gt=0, description="an unused reservation is released after this long"
     )
+    metering_reservation_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="the sweeper settles a reservation pending this long whose meter is gone",
+    )
+    metering_sweep_interval_seconds: float = Field(
+        default=60.0, gt=0, description="how often the scheduler sweeps orphaned reservations"
+    )
 
     # Inference gateway (docs/gateway.md)
     redis_url: str | None = Field(
         default=None, description="Redis for rate-limit buckets shared by API replicas."
     )
-    inference_rate_per_second: float = 50.0  # token bucket refill per API key (or user)
-    inference_burst: int = 100  # token bucket size
+    # Token buckets per API key (or user) and plan (docs/gateway.md): the paid plan's limit
+    # keeps the historical names; demo = calls on free demo credits; owner = own models.
+    inference_rate_per_second: float = Field(default=50.0, gt=0)  # paid: refill per second
+    inference_burst: int = Field(default=100, ge=1)  # paid: bucket size
+    inference_demo_rate_per_second: float = Field(default=2.0, gt=0)
+    inference_demo_burst: int = Field(default=5, ge=1)
+    inference_owner_rate_per_second: float = Field(default=50.0, gt=0)
+    inference_owner_burst: int = Field(default=100, ge=1)
     inference_cache_seconds: float = 60.0  # results of deterministic models; 0 disables
     inference_cache_entries: int = 10_000
     inference_auth_cache_seconds: float = 5.0  # a revoked key still works up to this long
@@ -105,6 +124,32 @@ class Settings(BaseSettings):
     local_node: bool = True
     local_node_port: int = 0
     local_node_capacity: int = 0  # 0 = CPU count
+
+    # Solana settlement (docs/chain.md)
+    chain_backend: ChainBackend = ChainBackend.local
+    chain_dir: Path | None = None  # local backend state; default: <data_dir>/chain
+    chain_rpc_url: str | None = Field(default=None, description="JSON-RPC URL (rpc backend)")
+    chain_usdc_mint: str | None = None  # rpc backend: the USDC mint address
+    chain_cyx_mint: str | None = None  # rpc backend: the CYX mint address
+    chain_treasury_keypair: Path | None = Field(
+        default=None,
+        description="rpc backend: the treasury keypair sealed with the master key "
+        "(`cyxwiz chain import-treasury` writes it); default <chain dir>/treasury.json",
+    )
+    chain_commitment: str = Field(
+        default="finalized",
+        pattern="^(confirmed|finalized)$",
+        description="deposits are credited (spendable) at this commitment",
+    )
+    chain_watch_interval_seconds: float = Field(default=2.0, gt=0)
+    chain_blockhash_ttl_seconds: float = Field(default=60.0, gt=0)
+    chain_serve_rpc: bool = True  # dev + local backend: serve the chain at /chain/rpc
+    deposit_ttl_seconds: int = Field(default=3600, ge=60)
+    deposit_max_amount: int = Field(default=1_000_000 * 10**6, ge=1)
+    payout_instant_fee_bps: int = Field(default=100, ge=0, le=10_000)
+    payout_weekly_minimum: int = Field(default=10 * 10**6, ge=0)
+    cyx_payout_bonus_bps: int = Field(default=500, ge=0, le=10_000)
+    siws_ttl_seconds: int = Field(default=600, ge=30)
 
     @field_validator("previous_master_keys", mode="before")
     @classmethod
@@ -122,6 +167,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'cyxwiz.db').resolve()}"
+
+    @property
+    def resolved_chain_dir(self) -> Path:
+        return self.chain_dir if self.chain_dir is not None else self.data_dir / "chain"
 
     @property
     def resolved_blob_dir(self) -> Path:

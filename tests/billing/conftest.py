@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
+from cyxwiz.chain.interfaces import Chain
 from cyxwiz.clock import TestClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database, make_engine
@@ -114,9 +116,16 @@ class LiveServer:
     db: Database
     clock: TestClock
     settings: Settings
+    app: FastAPI
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    @property
+    def chain(self) -> Chain:
+        """The chain the app settles on (its own LocalChain in the settings' data dir)."""
+        chain: Chain = self.app.state.ctx.chain
+        return chain
 
 
 def _free_socket() -> socket.socket:
@@ -144,7 +153,7 @@ def live(committed_db: Database, settings: Settings, clock: TestClock) -> Iterat
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", committed_db, clock, settings)
+        yield LiveServer(f"http://127.0.0.1:{port}", committed_db, clock, settings, app)
     finally:
         server.should_exit = True
         thread.join(20)

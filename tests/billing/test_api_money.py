@@ -1,5 +1,6 @@
-"""Money through the API: offers, faucet, purchase into escrow, licensed downloads, refunds,
-release with tiered fees and contributor splits. Every scenario ends with a clean ledger."""
+"""Money through the API: offers, funding by deposits (test tokens from the dev chain's faucet),
+purchase into escrow, licensed downloads, refunds, release with tiered fees and contributor
+splits. Every scenario ends with a clean ledger and the vaults reconciled with the chain."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.service import get_user_by_username
-from cyxwiz.billing import flows
+from cyxwiz.billing import flows, treasury
+from cyxwiz.chain import tokens
 from cyxwiz.clock import TestClock
 from cyxwiz.db import Database
 from cyxwiz.ledger import service as ledger
 from cyxwiz.money import Currency
+from tests.chain_support import chain_of
+from tests.chain_support import pay as wallet_pay
 from tests.factories import Account, Api
 from tests.web.test_api_auth import problem
 
@@ -26,18 +30,18 @@ WEIGHTS = b"\x00\x01secret-weights" * 100
 
 
 @pytest.fixture(autouse=True)
-def ledger_stays_clean(db: Database) -> Iterator[None]:
+def ledger_stays_clean(db: Database, client: TestClient) -> Iterator[None]:
     yield
     with db.session() as s:
         report = ledger.check(s)
-    assert report.ok, report.problems
+        assert report.ok, report.problems
+        vaults = treasury.reconcile(s, chain=chain_of(client))
+    assert all(v.ok for v in vaults), [v.problem() for v in vaults]
 
 
 def fund(client: TestClient, who: Account, amount: int, currency: str = "USDC") -> None:
-    r = client.post(
-        "/api/v1/dev/faucet", json={"amount": amount, "currency": currency}, headers=who.headers
-    )
-    assert r.status_code == 201, r.text
+    """Test tokens minted to a fresh wallet on the dev chain, deposited and credited."""
+    Api(client).fund(who, amount, currency)
 
 
 def balance(client: TestClient, who: Account, currency: str = "USDC") -> dict[str, Any]:
@@ -109,45 +113,69 @@ def test_offers_are_owner_only_and_validated(api: Api, client: TestClient) -> No
     assert got["one_time_cyx"]["amount"] == 166_600_000
 
 
-def test_faucet_and_balance(api: Api, client: TestClient, settings) -> None:
+def test_chain_faucet_then_deposit_and_balance(api: Api, client: TestClient, settings) -> None:
+    """Test tokens come from the dev chain's faucet into a wallet, which pays a deposit
+    request; only the deposit credits the balance, once, however often it is retried."""
     ada = api.user()
-    fund(client, ada, 100 * USDC)
+    chain = chain_of(client)
+    wallet = tokens.new_keypair()
+    address = str(wallet.pubkey())
+    r = client.post("/api/v1/dev/faucet", json={"amount": 1}, headers=ada.headers)
+    assert r.status_code == 404  # the ledger-only faucet is gone
+    problem(  # no wallet named and none linked
+        client.post("/api/v1/chain/faucet", json={"amount": 1}, headers=ada.headers),
+        409,
+        "wallet_not_linked",
+    )
     r = client.post(
-        "/api/v1/dev/faucet",
-        json={"amount": 5 * USDC, "currency": "CYX"},
-        headers={**ada.headers, "Idempotency-Key": "f1"},
+        "/api/v1/chain/faucet",
+        json={"wallet": address, "amount": 100 * USDC, "currency": "USDC"},
+        headers=ada.headers,
     )
-    assert r.json()["display"] == "5.00 CYX"
-    client.post(
-        "/api/v1/dev/faucet",
-        json={"amount": 5 * USDC, "currency": "CYX"},
-        headers={**ada.headers, "Idempotency-Key": "f1"},
+    assert r.status_code == 201, r.text
+    assert r.json()["wallet_balance"]["display"] == "100.00 USDC"
+    assert balance(client, ada)["balance"]["available"] == 0  # the ledger is not credited
+    api.link_wallet(ada, wallet)  # the faucet's default wallet: the linked one
+    r = client.post(
+        "/api/v1/chain/faucet", json={"amount": 5 * USDC, "currency": "CYX"}, headers=ada.headers
     )
+    assert r.status_code == 201, r.text
+    assert r.json()["wallet"] == address
+    for currency, amount in (("USDC", 100 * USDC), ("CYX", 5 * USDC)):
+        headers = {**ada.headers, "Idempotency-Key": f"dep-{currency}"}
+        dep = client.post(
+            "/api/v1/deposits", json={"amount": amount, "currency": currency}, headers=headers
+        )
+        assert dep.status_code == 201, dep.text
+        wallet_pay(chain, wallet, dep.json()["url"])
+        for _ in range(2):  # a retried request and a second scan credit nothing more
+            again = client.post(
+                "/api/v1/deposits", json={"amount": amount, "currency": currency}, headers=headers
+            )
+            assert again.status_code == 200, again.text
+            scanned = client.post(f"/api/v1/deposits/{dep.json()['id']}/scan", headers=ada.headers)
+            assert scanned.json()["credited"]["amount"] == amount, scanned.text
     assert balance(client, ada)["balance"]["available"] == 100 * USDC
-    assert (
-        balance(client, ada, "CYX")["balance"]["available"] == 5 * USDC
-    )  # the retry did not pay twice
+    assert balance(client, ada, "CYX")["balance"]["available"] == 5 * USDC
     problem(
-        client.post("/api/v1/dev/faucet", json={"amount": 10**15}, headers=ada.headers),
+        client.post(
+            "/api/v1/chain/faucet",
+            json={"wallet": address, "amount": settings.faucet_max_amount + 1},
+            headers=ada.headers,
+        ),
         422,
         "invalid_amount",
     )
-    problem(
-        client.post("/api/v1/dev/faucet", json={"amount": -1}, headers=ada.headers),
-        422,
-        "validation_error",
-    )
-    problem(
-        client.post(
-            "/api/v1/dev/faucet", json={"amount": 1, "currency": "EUR"}, headers=ada.headers
-        ),
-        422,
-        "validation_error",
-    )
+    for body in ({"amount": -1}, {"amount": 1, "currency": "EUR"}):
+        problem(
+            client.post("/api/v1/chain/faucet", json=body, headers=ada.headers),
+            422,
+            "validation_error",
+        )
     problem(client.get("/api/v1/balance"), 401, "not_authenticated")
     settings.env = "production"
     problem(
-        client.post("/api/v1/dev/faucet", json={"amount": 1}, headers=ada.headers),
+        client.post("/api/v1/chain/faucet", json={"amount": 1}, headers=ada.headers),
         403,
         "faucet_disabled",
     )
@@ -342,7 +370,7 @@ def test_release_pays_fee_and_contributor_splits_exactly(
     }
     # the buyer's history shows the escrow hold and its capture
     hist = client.get("/api/v1/ledger/transfers?per_page=2", headers=bob.headers).json()
-    assert hist["total"] == 3  # faucet, escrow (pending), capture (post)
+    assert hist["total"] == 3  # deposit, escrow (pending), capture (post)
     assert len(hist["items"]) == 2
     problem(
         client.get("/api/v1/ledger/transfers?per_page=1000", headers=bob.headers),

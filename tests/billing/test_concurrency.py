@@ -2,7 +2,9 @@
 shared rolled-back one), the real app behind uvicorn and one httpx client per thread.
 
 Runs on SQLite (one writer at a time: writers must wait on busy_timeout, never fail) and on
-PostgreSQL (row locks). Every test ends with `ledger check` clean and money conserved.
+PostgreSQL (row locks). Buyers are funded the way users are: test tokens minted to a wallet on
+the app's dev chain, a deposit request paid by that wallet, scanned over HTTP. Every test ends
+with `ledger check` clean, money conserved and the vaults reconciled with the chain.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
-from cyxwiz.billing import flows
+from cyxwiz.billing import flows, treasury
 from cyxwiz.billing.models import CreatorDebt, Purchase
 from cyxwiz.db import Database
 from cyxwiz.ledger import service as ledger
@@ -28,6 +30,7 @@ from cyxwiz.ledger.models import LedgerAccount, LedgerTransfer
 from cyxwiz.licensing.models import License
 from cyxwiz.money import Currency, allocate, bps_of
 from tests.billing.conftest import LiveServer, register
+from tests.chain_support import funded_wallet, pay
 from tests.factories import Account, Api
 
 pytestmark = pytest.mark.slow
@@ -78,12 +81,15 @@ def paid_model(c: httpx.Client, owner: Account, price: int, contributors: Any = 
     return full
 
 
-def fund(c: httpx.Client, who: Account, amount: int) -> None:
-    while amount:
-        step = min(amount, 10_000 * USDC)
-        r = c.post("/api/v1/dev/faucet", json={"amount": step}, headers=who.headers)
-        assert r.status_code == 201, r.text
-        amount -= step
+def fund(live: LiveServer, c: httpx.Client, who: Account, amount: int) -> None:
+    """A deposit of ``amount`` USDC from a fresh wallet holding test tokens, credited."""
+    wallet = funded_wallet(live.chain, Currency.USDC, amount)
+    r = c.post("/api/v1/deposits", json={"amount": amount}, headers=who.headers)
+    assert r.status_code == 201, r.text
+    pay(live.chain, wallet, r.json()["url"])
+    r = c.post(f"/api/v1/deposits/{r.json()['id']}/scan", headers=who.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["credited"]["amount"] == amount, r.text
 
 
 def balance(c: httpx.Client, who: Account) -> dict[str, int]:
@@ -110,22 +116,27 @@ def user_id(db: Database, username: str) -> uuid.UUID:
         return s.scalars(select(User.id).where(User.username == username)).one()
 
 
-def assert_ledger_clean_and_conserved(db: Database) -> None:
-    """`ledger check` is clean and, per currency, what every account holds sums to what the
-    faucet issued (the faucet is the only source of money in these tests)."""
-    with db.session() as s:
+def assert_ledger_clean_and_conserved(live: LiveServer) -> None:
+    """`ledger check` is clean; per currency, what every account holds sums to what the vault
+    mirror took in (deposits are the only source of money in these tests), and that is what
+    the vault holds on chain."""
+    with live.db.session() as s:
         report = ledger.check(s)
         assert report.ok, report.problems
+        vaults = {v.currency: v for v in treasury.reconcile(s, chain=live.chain)}
         for cur in Currency:
-            faucet = flows.platform_account(s, "faucet", cur)
-            issued = faucet.debits_posted - faucet.credits_posted
+            vault = flows.platform_account(s, "vault", cur)
+            took_in = vault.debits_posted - vault.credits_posted
+            assert vault.debits_pending == vault.credits_pending == 0
+            assert vaults[cur.value].ok, vaults[cur.value].problem()
+            assert vaults[cur.value].on_chain == took_in
             held = s.execute(
                 select(
                     func.coalesce(func.sum(LedgerAccount.credits_posted), 0)
                     - func.coalesce(func.sum(LedgerAccount.debits_posted), 0)
-                ).where(LedgerAccount.currency == cur.value, LedgerAccount.id != faucet.id)
+                ).where(LedgerAccount.currency == cur.value, LedgerAccount.id != vault.id)
             ).scalar_one()
-            assert held == issued, (cur, held, issued)
+            assert held == took_in, (cur, held, took_in)
             pending = s.execute(
                 select(
                     func.coalesce(func.sum(LedgerAccount.credits_pending), 0),
@@ -154,7 +165,7 @@ def test_32_concurrent_purchases_against_one_balance_exactly_k_succeed(live: Liv
     with live.client() as c:
         owner, buyer = register(c, "conc-owner"), register(c, "conc-buyer")
         models = [paid_model(c, owner, price) for _ in range(n)]
-        fund(c, buyer, initial)
+        fund(live, c, buyer, initial)
 
     def attempt(i: int) -> Callable[[], httpx.Response]:
         def go() -> httpx.Response:
@@ -191,7 +202,7 @@ def test_32_concurrent_purchases_against_one_balance_exactly_k_succeed(live: Liv
         assert (
             s.scalar(select(func.count()).select_from(License).where(License.buyer_id == bid)) == k
         )
-    assert_ledger_clean_and_conserved(live.db)
+    assert_ledger_clean_and_conserved(live)
 
 
 # ---------------------------------------------------------------- (b) one key, 16 retries
@@ -205,7 +216,7 @@ def test_16_concurrent_retries_with_one_idempotency_key_charge_once(live: LiveSe
     with live.client() as c:
         owner, buyer = register(c, "idem-owner"), register(c, "idem-buyer")
         model = paid_model(c, owner, price)
-        fund(c, buyer, 100 * USDC)
+        fund(live, c, buyer, 100 * USDC)
 
     def attempt() -> httpx.Response:
         with live.client() as c:
@@ -227,7 +238,7 @@ def test_16_concurrent_retries_with_one_idempotency_key_charge_once(live: LiveSe
         rows = s.scalars(select(Purchase).where(Purchase.buyer_id == bid)).all()
         assert [str(p.id) for p in rows] == list(ids)
         assert transfers_for(s, rows[0].id) == Counter({"purchase.escrow": 1})
-    assert_ledger_clean_and_conserved(live.db)
+    assert_ledger_clean_and_conserved(live)
 
 
 # ---------------------------------------------------------------- (c) two release runners
@@ -254,7 +265,7 @@ def test_two_release_runners_release_each_purchase_exactly_once(live: LiveServer
         models = [paid_model(c, ada, 1_000_001 + 2 * i, split) for i in range(n)]
         buyers = [register(c, f"rel-buyer{i}") for i in range(3)]
         for b in buyers:
-            fund(c, b, 1_000 * USDC)
+            fund(live, c, b, 1_000 * USDC)
         for i, m in enumerate(models):
             r = buy(c, buyers[i % 3], m, key=f"k{i}")
             assert r.status_code == 201, r.text
@@ -305,7 +316,7 @@ def test_two_release_runners_release_each_purchase_exactly_once(live: LiveServer
         assert revenue.posted == expect["fee"]
         escrow = ledger.balance_of(s, flows.platform_account(s, "escrow", Currency.USDC).id)
         assert (escrow.posted, escrow.pending_credits) == (0, 0)
-    assert_ledger_clean_and_conserved(live.db)
+    assert_ledger_clean_and_conserved(live)
 
 
 def test_concurrent_releases_repay_a_creator_debt_at_most_once(live: LiveServer) -> None:
@@ -318,7 +329,7 @@ def test_concurrent_releases_repay_a_creator_debt_at_most_once(live: LiveServer)
         b1, b2, b3 = (register(c, f"debt-buyer{i}") for i in range(3))
         m1, m2, m3 = (paid_model(c, ada, price) for _ in range(3))
         for b in (b1, b2, b3):
-            fund(c, b, 100 * USDC)
+            fund(live, c, b, 100 * USDC)
         lic = buy(c, b1, m1, "k").json()["license"]
     with live.db.session() as s:
         s.scalars(select(User).where(User.username == root.username)).one().role = "admin"
@@ -396,7 +407,7 @@ def test_concurrent_releases_repay_a_creator_debt_at_most_once(live: LiveServer)
     assert owed - remaining == repaid
     assert outstanding == remaining
     assert not [r for r in b_result if isinstance(r, BaseException)], b_result
-    assert_ledger_clean_and_conserved(live.db)
+    assert_ledger_clean_and_conserved(live)
 
 
 def test_purchases_while_a_release_runner_works_do_not_fail(live: LiveServer) -> None:
@@ -410,7 +421,7 @@ def test_purchases_while_a_release_runner_works_do_not_fail(live: LiveServer) ->
         first = [paid_model(c, ada, price) for _ in range(n)]
         second = [paid_model(c, ada, price) for _ in range(n)]
         for b, m in zip(buyers, first, strict=True):
-            fund(c, b, 10 * USDC)
+            fund(live, c, b, 10 * USDC)
             assert buy(c, b, m, "first").status_code == 201
     live.clock.advance(timedelta(days=7, seconds=1))
 
@@ -434,7 +445,7 @@ def test_purchases_while_a_release_runner_works_do_not_fail(live: LiveServer) ->
         for b in buyers:
             bal = balance(c, b)
             assert (bal["posted"], bal["pending"]) == (10 * USDC - price, price)
-    assert_ledger_clean_and_conserved(live.db)
+    assert_ledger_clean_and_conserved(live)
 
 
 # ---------------------------------------------------------------- (d) refund vs release
@@ -453,7 +464,7 @@ def test_refund_and_release_race_at_the_window_edge(live: LiveServer) -> None:
         models = [paid_model(c, ada, price) for _ in range(n)]
         lics = []
         for b, m in zip(buyers, models, strict=True):
-            fund(c, b, 50 * USDC)
+            fund(live, c, b, 50 * USDC)
             r = buy(c, b, m, "k")
             assert r.status_code == 201, r.text
             lics.append(r.json()["license"]["id"])
@@ -513,4 +524,4 @@ def test_refund_and_release_race_at_the_window_edge(live: LiveServer) -> None:
             if p.status == "refunded" and transfers_for(s, p.id)["purchase.capture"]
         )
     assert released == n_released + n_refunded_after_release
-    assert_ledger_clean_and_conserved(live.db)
+    assert_ledger_clean_and_conserved(live)

@@ -1,7 +1,9 @@
-"""Property tests of the money flows: Hypothesis drives random sequences of faucet, purchase
-(random buyer, model, odd prices, USDC or CYX, retried Idempotency-Keys), refund (buyer, admin,
-stranger), clock advance + release_due, payouts draining creator earnings, and admin refunds
-after release — through the real flows on the real database, one session per step like a request.
+"""Property tests of the money flows: Hypothesis drives random sequences of deposits (a Solana
+Pay request, paid on the real local chain by a wallet holding test tokens, then scanned; retried
+and reused Idempotency-Keys), purchase (random buyer, model, odd prices, USDC or CYX, retried
+Idempotency-Keys), refund (buyer, admin, stranger), clock advance + release_due, payouts draining
+creator earnings, and admin refunds after release — through the real flows on the real database
+and chain, one session per step like a request.
 
 A plain-Python model of the money predicts every outcome; after every step the database must
 match it exactly and every invariant must hold:
@@ -13,11 +15,16 @@ match it exactly and every invariant must hold:
   floor(amount × tier bps / 10000) for the creator's tier at purchase time;
 - a refund gives back exactly what was paid, never more (the buyer's balance returns to what it
   would have been without the purchase);
+- a deposit credits exactly what reached the vault, once: a retried request or a second scan
+  credits nothing, a key reused for another request is refused;
 - money is conserved: per currency, all user balances + earnings + platform accounts (revenue,
-  escrow, receivables, payouts) sum to what the faucet issued.
+  escrow, receivables, payouts) sum to what the vault mirror (``platform:vault``) took in, and
+  that is exactly what the vault received on chain.
 
 Each example runs inside a SAVEPOINT of the test's rolled-back transaction, so examples start
-from the same users and models and never see each other's money.
+from the same users and models and never see each other's money. The chain is one per test
+function (cheap examples) and the buyers' wallets are minted once: the chain is not rolled back,
+so each example reconciles the vault against its balance when the example started.
 """
 
 from __future__ import annotations
@@ -34,13 +41,16 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from solders.keypair import Keypair
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
-from cyxwiz.billing import flows
-from cyxwiz.billing.models import CreatorDebt, Purchase
+from cyxwiz.billing import deposits, flows
+from cyxwiz.billing.models import CreatorDebt, Deposit, Purchase
 from cyxwiz.catalog.models import Model
+from cyxwiz.chain import tokens
+from cyxwiz.chain.interfaces import Chain
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.errors import DomainError
@@ -50,6 +60,7 @@ from cyxwiz.licensing import service as licensing
 from cyxwiz.licensing.models import License
 from cyxwiz.licensing.schemas import OffersDocument
 from cyxwiz.money import Currency, allocate, bps_of
+from tests.chain_support import chain_of, pay
 from tests.factories import Api
 
 USDC = 1_000_000
@@ -77,10 +88,12 @@ prices = st.one_of(
         [1, 2, 3, 7, 999_999, 10_000_001, 333_333_333, 999 * USDC + 999_999, 1_500 * USDC + 1]
     ),
 )
-faucet_amounts = st.one_of(
+DEPOSIT_MAX = 1_000_000 * USDC  # Settings.deposit_max_amount
+WALLET_TOKENS = 10**18  # test tokens in each buyer's wallet: more than any run deposits
+deposit_amounts = st.one_of(
     st.integers(1, 200 * USDC),
     st.sampled_from([1, 3, 50 * USDC, 500 * USDC, 2_000 * USDC, 10_000 * USDC]),
-    st.just(10_000 * USDC + 1),  # over the per-call maximum: refused
+    st.just(DEPOSIT_MAX + 1),  # over the per-request maximum: refused
 )
 # 0-7: a new Idempotency-Key; 8: retry an earlier key unchanged; 9: reuse a key for a new request
 key_choice = st.integers(0, 9)
@@ -91,6 +104,8 @@ class World:
     db: Database
     connection: Connection
     settings: Settings
+    chain: Chain
+    wallets: dict[str, Keypair]  # each buyer's wallet, holding test tokens from the dev chain
     users: dict[str, uuid.UUID]
     models: list[uuid.UUID]
 
@@ -114,7 +129,7 @@ class ModelPurchase:
 class Money:
     """What the database must hold, computed independently of the code under test."""
 
-    issued: dict[Currency, int] = field(default_factory=lambda: defaultdict(int))
+    deposited: dict[Currency, int] = field(default_factory=lambda: defaultdict(int))
     posted: dict[tuple[str, Currency], int] = field(default_factory=lambda: defaultdict(int))
     pending: dict[tuple[str, Currency], int] = field(default_factory=lambda: defaultdict(int))
     earnings: dict[tuple[str, Currency], int] = field(default_factory=lambda: defaultdict(int))
@@ -156,7 +171,9 @@ class Shop:
         self.m = Money()
         self.prices: list[int] = []
         self.purchases: dict[uuid.UUID, ModelPurchase] = {}
-        self.faucet_keys: dict[tuple[str, str], tuple[Currency, int]] = {}
+        self.deposit_keys: dict[tuple[str, str], tuple[Currency, int]] = {}
+        chain = world.chain  # not rolled back with the database: earlier examples' tokens stay
+        self.vault_base = {c: chain.token_balance(chain.vault_of(c)) for c in CURRENCIES}
         self.keys_used: dict[str, list[str]] = defaultdict(list)
         self.seq = 0
 
@@ -188,7 +205,7 @@ class Shop:
             [(b, c) for b in BUYERS for c in CURRENCIES], funds, strict=True
         ):
             if amount:
-                self.faucet(who, cur, amount, 0, 0)
+                self.deposit(who, cur, amount, 0, 0)
         self.prices = list(ps)
         with self.session() as s:
             for model_id, price in zip(self.world.models, ps, strict=True):
@@ -205,38 +222,57 @@ class Shop:
 
     # ------------------------------------------------------------ rules
 
-    def faucet(self, who: str, currency: Currency, amount: int, choice: int, pick: int) -> None:
-        mine = [k for (u, k) in self.faucet_keys if u == who]
-        key = mine[pick % len(mine)] if mine and choice >= 8 else self.new_key("f")
+    def deposit(self, who: str, currency: Currency, amount: int, choice: int, pick: int) -> None:
+        """A deposit request (new key, a plain retry, or a key reused for another request); a
+        new one is paid on chain by the buyer's wallet; then the scan."""
+        mine = [k for (u, k) in self.deposit_keys if u == who]
+        key = mine[pick % len(mine)] if mine and choice >= 8 else self.new_key("d")
         if choice == 8 and mine:
-            currency, amount = self.faucet_keys[(who, key)]  # a plain retry
-        user = self.uid(who)
-        _, err = self.attempt(
-            lambda s: flows.faucet(
+            currency, amount = self.deposit_keys[(who, key)]  # a plain retry
+        user, chain, settings = self.uid(who), self.world.chain, self.world.settings
+
+        def request(s: Session) -> tuple[uuid.UUID, str, bool]:
+            row, created = deposits.create_deposit(
                 s,
-                settings=self.world.settings,
+                settings=settings,
+                chain=chain,
                 user=s.get(User, user),
                 currency=currency,
                 amount=amount,
                 idempotency_key=key,
+                now=self.now,
             )
-        )
-        if amount > self.world.settings.faucet_max_amount:
+            return row.id, deposits.payment_url(row, username=f"prop-{who}"), created
+
+        result, err = self.attempt(request)
+        previous = self.deposit_keys.get((who, key))
+        event(f"deposit: {'new' if previous is None else 'retry'}: {err.code if err else 'ok'}")
+        if previous is None and amount > settings.deposit_max_amount:
             assert_error(err, "invalid_amount")
             return
-        previous = self.faucet_keys.get((who, key))
-        event(f"faucet: {'new' if previous is None else 'retry'}: {err.code if err else 'ok'}")
-        if previous is None:
-            assert err is None, err
-            self.faucet_keys[(who, key)] = (currency, amount)
-            self.m.issued[currency] += amount
+        if previous is not None and previous != (currency, amount):
+            assert_error(err, "idempotency_key_reused")  # refused, nothing moves
+            return
+        assert err is None, err
+        dep_id, url, created = result
+        assert created is (previous is None)  # a retry answers with the first request
+        if created:
+            pay(chain, self.world.wallets[who], url)
+
+        def scan(s: Session) -> int:
+            row = s.get(Deposit, dep_id)
+            assert row is not None
+            return deposits.scan_deposit(
+                s, settings=settings, chain=chain, deposit=row, now=self.now
+            )
+
+        changed, err = self.attempt(scan)
+        assert err is None, err
+        assert changed == int(created)  # a retried request and a rescan credit nothing more
+        if created:
+            self.deposit_keys[(who, key)] = (currency, amount)
+            self.m.deposited[currency] += amount
             self.m.posted[(who, currency)] += amount
-        elif previous == (currency, amount):
-            assert err is None, err  # a retry: the first result, no second credit
-        else:  # the same key for a different request: refused, nothing moves
-            assert err is not None
-            assert err.status == 409, err
-            assert err.code in ("transfer_exists", "idempotency_key_reused"), err
 
     def purchase(self, who: str, model: int, currency: Currency, choice: int, pick: int) -> None:
         keys = self.keys_used[who]
@@ -503,23 +539,25 @@ class Shop:
             assert balance(accounts, f"platform:receivables:{cur}") == (-owed, 0, 0)
 
     def check_conservation(self, accounts: dict[str, LedgerAccount]) -> None:
-        m = self.m
+        m, chain = self.m, self.world.chain
         for cur in CURRENCIES:
-            faucet = balance(accounts, f"platform:faucet:{cur}")
-            assert -faucet[0] == m.issued[cur]
+            vault = balance(accounts, f"platform:vault:{cur}")
+            assert vault == (-m.deposited[cur], 0, 0)  # debit-normal: what it took in
+            received = chain.token_balance(chain.vault_of(cur)) - self.vault_base[cur]
+            assert received == m.deposited[cur]  # the vault on chain agrees with its mirror
             held = sum(
                 a.credits_posted - a.debits_posted
                 for code, a in accounts.items()
-                if a.currency == cur.value and code != f"platform:faucet:{cur}"
+                if a.currency == cur.value and code != f"platform:vault:{cur}"
             )
-            assert held == m.issued[cur]
+            assert held == m.deposited[cur]
             assert (
                 sum(v for (_, c), v in m.posted.items() if c == cur)
                 + sum(v for (_, c), v in m.earnings.items() if c == cur)
                 + m.revenue[cur]
                 + m.paid_out[cur]
                 - sum(v for (_, c), v in m.debt.items() if c == cur)
-                == m.issued[cur]
+                == m.deposited[cur]
             )
 
     def check_purchases(self, s: Session, accounts: dict[str, LedgerAccount]) -> None:
@@ -614,10 +652,10 @@ OPS = st.one_of(
     PURCHASE,
     PURCHASE,  # twice: purchases are what the other operations act on
     st.tuples(
-        st.just("faucet"),
+        st.just("deposit"),
         st.sampled_from(BUYERS),
         st.sampled_from(CURRENCIES),
-        faucet_amounts,
+        deposit_amounts,
         key_choice,
         st.integers(0, 10**6),
     ),
@@ -687,7 +725,22 @@ def world(
     db: Database, connection: Connection, api: Api, client: TestClient, settings: Settings
 ) -> World:
     users, models = build_world(api, client, db)
-    return World(db=db, connection=connection, settings=settings, users=users, models=models)
+    assert settings.deposit_max_amount == DEPOSIT_MAX
+    chain = chain_of(client)  # one chain per test function, shared by its examples
+    wallets = {}
+    for name in BUYERS:  # minted once: each deposit is then one transfer (one chain write)
+        wallets[name] = tokens.new_keypair()
+        for cur in CURRENCIES:
+            chain.mint_to(owner=str(wallets[name].pubkey()), currency=cur, amount=WALLET_TOKENS)
+    return World(
+        db=db,
+        connection=connection,
+        settings=settings,
+        chain=chain,
+        wallets=wallets,
+        users=users,
+        models=models,
+    )
 
 
 @hsettings(

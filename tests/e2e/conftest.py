@@ -59,6 +59,7 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=20)
         self.sock.close()
+        self.app.state.ctx.close_chain()
         self.app.state.ctx.db.engine.dispose()
 
 

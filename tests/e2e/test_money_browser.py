@@ -1,10 +1,12 @@
-"""Money in a real browser against a real server: a creator prices a model, a buyer adds test
-funds, buys through the confirm page, downloads, refunds from the library and is refused after."""
+"""Money in a real browser against a real server: a creator prices a model; a buyer connects the
+built-in dev wallet, gets test tokens, deposits them by paying a Solana Pay request from the
+browser, buys through the confirm page, downloads, refunds from the library and is refused after."""
 
 from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,14 @@ def _new_page(chromium: Any, **options: Any) -> Page:
     context = browser.new_context(accept_downloads=True, **options)
     context.set_default_timeout(15_000)
     return context.new_page()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_chain(live_server: LiveServer) -> Iterator[None]:
+    """The chain the pages opened is closed after this module (the server itself runs no
+    lifespan; a later module reopens it on first use)."""
+    yield
+    live_server.app.state.ctx.close_chain()
 
 
 def _sign_up(page: Page, base: str, username: str) -> None:
@@ -105,17 +115,31 @@ def test_price_buy_download_refund(
     expect(buyer.locator(".buy-prompt")).to_contain_text("Downloads need a license")
     buyer.screenshot(path=str(screenshot_dir / "money-model-page.png"), full_page=True)
 
-    # ---- test funds from the confirm page, then buy
+    # ---- funds: the dev wallet gets test tokens and deposits them, then buy
+    from tests.e2e.test_wallet_browser import (
+        connect_dev_wallet,
+        get_test_tokens,
+        pay_deposit_with_dev_wallet,
+    )
+
     box.get_by_role("link", name="Buy for 49.00 USDC").click()
     expect(buyer).to_have_url(f"{base}/{full}/buy")
     expect(buyer.locator("h1")).to_have_text("Confirm your purchase")
     expect(buyer.locator(".pay-option").first).to_contain_text("Your balance: 0.00 USDC")
-    buyer.get_by_role("button", name="Confirm and pay").click()  # with an empty wallet
+    buyer.get_by_role("button", name="Confirm and pay").click()  # with an empty balance
     expect(buyer.locator(".alert-error")).to_contain_text("Nothing was charged.")
     expect(buyer.locator(".alert-error")).to_contain_text("Your USDC balance does not cover")
     buyer.screenshot(path=str(screenshot_dir / "money-confirm-error.png"), full_page=True)
-    buyer.get_by_role("button", name="+ 100 USDC").click()
-    expect(buyer.locator(".flash")).to_contain_text("Added 100.00 USDC of test funds")
+    buyer.get_by_role("link", name="Get test tokens").click()
+    expect(buyer).to_have_url(f"{base}/wallet")
+    address = connect_dev_wallet(buyer, base, buyer_name)
+    get_test_tokens(buyer, address)
+    buyer.goto(f"{base}/{full}/buy")
+    buyer.locator(".dev-panel").get_by_role("link", name="Add funds").click()
+    expect(buyer).to_have_url(re.compile(r"/deposit\?currency=USDC&next="))
+    pay_deposit_with_dev_wallet(buyer, "100")
+    buyer.screenshot(path=str(screenshot_dir / "money-deposit-paid.png"), full_page=True)
+    buyer.get_by_role("link", name="Continue").click()  # back to the confirm page
     expect(buyer).to_have_url(f"{base}/{full}/buy?currency=USDC")
     usdc = buyer.locator(".pay-option").filter(has_text="USDC").first
     expect(usdc).to_contain_text("Your balance: 100.00 USDC")

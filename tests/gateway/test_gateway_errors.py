@@ -262,3 +262,181 @@ def test_a_buyer_is_served_by_a_fresh_account(gw: GatewayStack) -> None:
     someone: Account = _account(gw.http, "token-user")
     r = gw.http.post(SIMPLE, json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, headers=someone.headers)
     assert r.status_code == 200, r.text
+
+
+class _BrokenMeter:
+    """A meter failing in a way nobody planned for (not a DomainError)."""
+
+    async def authorize(self, **_: Any) -> Any:
+        raise RuntimeError("kaboom: secret-internal-detail")
+
+    async def settle(self, *_: Any, **__: Any) -> None: ...
+
+    async def cancel(self, *_: Any) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_an_unexpected_error_is_a_bare_500_problem(gw: GatewayStack, fast_path: bool) -> None:
+    from tests.node.conftest import serve
+
+    from cyxwiz.web.app import create_app
+
+    settings = gw.stack.settings.model_copy(update={"inference_fast_path": fast_path})
+    served = serve(create_app(settings, database=gw.stack.db, meter=_BrokenMeter()))
+    gw.extra.append(served)
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        for path, body in ((SIMPLE, {"inputs": [[5.1, 3.5, 1.4, 0.2]]}), (V2, {"inputs": []})):
+            r = http.post(path, json=body, headers=gw.auth())
+            problem = _problem(r, 500, "internal_error")
+            assert "not billed" in problem["detail"]
+            for leak in ("kaboom", "secret-internal-detail", "Traceback", "RuntimeError"):
+                assert leak not in r.text
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_settle_and_cancel_finish_even_if_the_call_is_cancelled(loop: str) -> None:
+    """The gateway awaits the meter's settle/cancel through ``_to_the_end``: without a task
+    when they do not suspend, shielded from the caller's cancellation when they do."""
+    import asyncio
+
+    from cyxwiz.inference.gateway import _to_the_end
+
+    done: list[str] = []
+
+    async def quick() -> None:
+        done.append("quick")
+
+    async def slow() -> None:
+        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)
+        done.append("slow")
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("the meter failed")
+
+    async def main() -> None:
+        tasks = len(asyncio.all_tasks())
+        await _to_the_end(quick())
+        assert len(asyncio.all_tasks()) == tasks
+        call = asyncio.create_task(_to_the_end(slow()))
+        await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert done == ["quick"]
+        await asyncio.sleep(0.1)
+        assert done == ["quick", "slow"]  # finished although its caller was cancelled
+        with pytest.raises(ValueError, match="the meter failed"):
+            await _to_the_end(failing())
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the client calling nodes
+
+
+def test_node_connections_read_every_answer_framing_and_fail_cleanly() -> None:
+    """``NodeConnections`` (the gateway's HTTP/1.1 client to nodes) against a raw server:
+    Content-Length, chunked and close-delimited answers; a node that closed a kept-alive
+    connection; a node that hangs (timeout); a node's 4xx (not retryable); garbage."""
+    import asyncio
+
+    from cyxwiz.inference.gateway import NodeConnections
+    from cyxwiz.inference.interfaces import NodeCallError, RoutableNode
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await serve_one(reader, writer)
+        finally:
+            writer.close()
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            path = head.split(b" ")[1]
+            if path == b"/length":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            elif path == b"/chunked":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b'3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n'
+                )
+            elif path == b"/eof":
+                writer.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"eof":1}')
+                await writer.drain()
+                writer.close()
+                return
+            elif path == b"/close-after":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                writer.close()  # keep-alive promised, then closed: the next call must reconnect
+                return
+            elif path == b"/bad-input":
+                problem = b'{"code":"wrong_shape","detail":"4 features expected"}'
+                writer.write(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(problem), problem)
+                )
+            elif path == b"/garbage":
+                writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            elif path == b"/hang":
+                await asyncio.sleep(5)
+            await writer.drain()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        node = RoutableNode(
+            id=uuid.uuid4(),
+            operator_id=uuid.uuid4(),
+            name="raw",
+            url=f"http://127.0.0.1:{port}",
+            gateway_secret="s",
+            capacity=1,
+            load=0,
+        )
+        conns = NodeConnections(timeout=0.3)
+        try:
+            assert await conns.post(node, "/length", b'{"x":1}') == b'{"x":1}'
+            assert await conns.post(node, "/length", b"[2]") == b"[2]"  # the same connection
+            assert await conns.post(node, "/chunked", b"{}") == b'{"a":1}'
+            assert await conns.post(node, "/eof", b"{}") == b'{"eof":1}'
+            assert await conns.post(node, "/close-after", b"{}") == b"{}"
+            await asyncio.sleep(0.05)
+            assert await conns.post(node, "/length", b"[3]") == b"[3]"  # reconnected
+            with pytest.raises(NodeCallError) as bad:
+                await conns.post(node, "/bad-input", b"{}")
+            assert (bad.value.retryable, bad.value.code) == (False, "wrong_shape")
+            assert bad.value.node_status == 400
+            with pytest.raises(NodeCallError) as garbage:
+                await conns.post(node, "/garbage", b"{}")
+            assert (garbage.value.retryable, garbage.value.code) == (True, "node_unreachable")
+            started = time.monotonic()
+            with pytest.raises(NodeCallError) as hung:
+                await conns.post(node, "/hang", b"{}")
+            assert (hung.value.retryable, hung.value.code) == (True, "node_timeout")
+            assert 0.25 < time.monotonic() - started < 1.5
+            assert await conns.post(node, "/length", b"[4]") == b"[4]"  # still usable
+        finally:
+            await conns.aclose()
+            server.close()
+            await server.wait_closed()
+        with pytest.raises(NodeCallError) as refused:  # the server is gone
+            await NodeConnections(timeout=1).post(node, "/length", b"{}")
+        assert (refused.value.retryable, refused.value.code) == (True, "node_unreachable")
+
+    asyncio.run(main())

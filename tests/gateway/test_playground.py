@@ -16,16 +16,19 @@ import httpx
 import pytest
 from tests.factories import PASSWORD
 from tests.gateway.conftest import _database_url
-from tests.node.conftest import Stack, TinyModels, _account, serve
+from tests.node.conftest import RunningNode, Stack, TinyModels, _account, free_socket, serve
 
 from cyxwiz.config import Settings
 from cyxwiz.db import Database, make_engine
 from cyxwiz.demo.models import run_onnx
 from cyxwiz.migrate import upgrade
+from cyxwiz.node.app import create_node_app
+from cyxwiz.node.config import NodeConfig
 from cyxwiz.web.app import create_app
 
 CREDITS = 3
 HTML = {"Accept": "text/html"}
+FEATURES = ["sl", "sw", "pl", "pw"]
 
 
 class Browser:
@@ -54,6 +57,32 @@ class Browser:
     def login(self, username: str) -> None:
         r = self.post("/login", {"login": username, "password": PASSWORD, "next": ""})
         assert r.status_code == 303, r.text
+
+
+def _start_node(st: Stack, name: str) -> RunningNode:
+    """A node heartbeating at the marketplace's own interval (Stack.start_node's is 0.3 s).
+
+    Fewer heartbeats on purpose: the site's error page looks up the signed-in viewer in the
+    database on the event loop (web/ui/render.py ``_viewer_from_cookie``) while a heartbeat's
+    transaction may hold SQLite's write lock and need that loop to commit: a 30 s stall.
+    """
+    node_id, token = st.create_node(name)
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    cache_dir = st.tmp / f"cache-{name}"
+    config = NodeConfig(
+        marketplace_url=st.url,
+        token=token,
+        port=port,
+        advertise_url=f"http://127.0.0.1:{port}",
+        cache_dir=cache_dir,
+        capacity=4,
+    )
+    agent = create_node_app(config)
+    node = RunningNode(agent, serve(agent, sock), node_id, token, cache_dir, st)
+    st.nodes.append(node)
+    node.wait_ready()
+    return node
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +130,22 @@ def pg(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Ite
         "/api/v1/models/pg-creator/ridge", json={"card": card}, headers=st.creator.headers
     )
     assert r.status_code == 200, r.text
-    st.start_node("pg-node")  # nothing assigned: the gateway cold-starts it
+    # a model whose config.json describes its input (named features) and whose sample rows
+    # are {feature: value}; a text model
+    named_config = {
+        "input": {"name": "input", "dtype": "float32", "shape": [None, 4], "features": FEATURES},
+        "sample_input": {"inputs": [dict(zip(FEATURES, tiny_models.iris_rows[0], strict=True))]},
+    }
+    st.publish(
+        "iris-named",
+        {"model.onnx": tiny_models.iris, "config.json": json.dumps(named_config).encode()},
+    )
+    text_config = {"sample_input": {"inputs": tiny_models.texts}}
+    st.publish(
+        "sentiment",
+        {"model.onnx": tiny_models.text, "config.json": json.dumps(text_config).encode()},
+    )
+    _start_node(st, "pg-node")  # nothing assigned: the gateway cold-starts it
     try:
         yield st
     finally:
@@ -237,3 +281,158 @@ def test_post_without_csrf_is_refused(pg: Stack, browsers: list[Browser]) -> Non
     assert r.status_code == 403
     page = b.get("/pg-creator/iris")
     assert _runs_left(page.text) == CREDITS
+
+
+# ---------------------------------------------------------------- the per-field form
+
+
+def _fields(page: str) -> dict[str, tuple[str, str]]:
+    """The per-field form's number inputs: name -> (label, prefilled value)."""
+    labels = dict(re.findall(r'<label for="pg-(x\d+_\d+)">([^<]*)</label>', page))
+    found = {}
+    for name, value in re.findall(
+        r'<input id="pg-x\d+_\d+" name="(x\d+_\d+)" type="number"[^>]*?value="([^"]*)"', page
+    ):
+        found[name] = (html.unescape(labels[name]), html.unescape(value))
+    return found
+
+
+def _json_editor_open(page: str) -> bool:
+    m = re.search(r'<details class="playground-json-editor"( open)?>', page)
+    assert m, "no 'Edit as JSON' toggle on the page"
+    return m.group(1) is not None
+
+
+def _predictions(page: str) -> list[dict[str, Any]]:
+    preds: list[dict[str, Any]] = _result(page)["predictions"]
+    return preds
+
+
+def test_tabular_fields_run_the_same_predictions_as_the_json_form(
+    pg: Stack, browsers: list[Browser], tiny_models: TinyModels
+) -> None:
+    b = _signed_in(pg, browsers, "pg-fields")
+    page = b.get("/pg-creator/iris").text
+    fields = _fields(page)
+    # one labelled number input per feature, for each sample row (from config.json)
+    assert fields == {
+        f"x{r}_{c}": (f"Feature {c + 1}", str(v))
+        for r, row in enumerate(tiny_models.iris_rows[:2])
+        for c, v in enumerate(row)
+    }
+    assert not _json_editor_open(page)  # the JSON editor is the advanced toggle
+    assert json.loads(_textarea(page)) == {"inputs": tiny_models.iris_rows[:2]}
+
+    rows = [tiny_models.iris_rows[2], tiny_models.iris_rows[1]]
+    form = {"mode": "fields"}
+    form.update({f"x{r}_{c}": str(v) for r, row in enumerate(rows) for c, v in enumerate(row)})
+    by_fields = b.post("/pg-creator/iris/playground", form)
+    assert by_fields.status_code == 200, by_fields.text
+    by_json = b.post("/pg-creator/iris/playground", {"payload": json.dumps({"inputs": rows})})
+    assert by_json.status_code == 200, by_json.text
+    assert _predictions(by_fields.text) == _predictions(by_json.text)
+    assert _predictions(by_fields.text) == run_onnx(tiny_models.iris, rows)["predictions"]
+    assert 'class="table table-compact playground-labels"' in by_fields.text
+    assert _runs_left(by_json.text) == CREDITS - 2  # one run each
+
+    # after a run of the fields: the values typed stay, the JSON that ran is in the editor
+    assert {k: v for k, (_, v) in _fields(by_fields.text).items()} == {
+        k: v for k, v in form.items() if k != "mode"
+    }
+    assert json.loads(_textarea(by_fields.text)) == {"inputs": rows}
+    assert not _json_editor_open(by_fields.text)
+    # after a run of the JSON editor: it stays open, and the fields show what it ran
+    assert _json_editor_open(by_json.text)
+    assert _fields(by_json.text)["x0_0"][1] == str(rows[0][0])
+
+
+def test_named_features_send_rows_as_feature_value_objects(
+    pg: Stack, browsers: list[Browser], tiny_models: TinyModels
+) -> None:
+    b = _signed_in(pg, browsers, "pg-named")
+    page = b.get("/pg-creator/iris-named").text
+    fields = _fields(page)
+    assert [fields[f"x0_{c}"] for c in range(4)] == [
+        (name, str(v)) for name, v in zip(FEATURES, tiny_models.iris_rows[0], strict=True)
+    ]
+    assert "<code>{feature: value}</code>" in page
+    row = tiny_models.iris_rows[1]
+    form = {"mode": "fields", **{f"x0_{c}": str(v) for c, v in enumerate(row)}}
+    r = b.post("/pg-creator/iris-named/playground", form)
+    assert r.status_code == 200, r.text
+    sent = json.loads(_textarea(r.text))
+    assert sent == {"inputs": [dict(zip(FEATURES, row, strict=True))]}
+    by_json = b.post("/pg-creator/iris-named/playground", {"payload": json.dumps(sent)})
+    assert _predictions(r.text) == _predictions(by_json.text)
+    assert _predictions(r.text) == run_onnx(tiny_models.iris, [row])["predictions"]
+
+
+def test_text_models_get_a_textarea_one_input_per_line(
+    pg: Stack, browsers: list[Browser], tiny_models: TinyModels
+) -> None:
+    b = _signed_in(pg, browsers, "pg-texts")
+    page = b.get("/pg-creator/sentiment").text
+    m = re.search(r'<textarea id="pg-texts" name="texts"[^>]*>(.*?)</textarea>', page, re.DOTALL)
+    assert m, page
+    assert html.unescape(m.group(1)).splitlines() == tiny_models.texts
+    assert 'type="number"' not in page
+    texts = ["great, love it", "", "terrible, it broke"]  # blank lines are skipped
+    r = b.post("/pg-creator/sentiment/playground", {"mode": "fields", "texts": "\n".join(texts)})
+    assert r.status_code == 200, r.text
+    by_json = b.post(
+        "/pg-creator/sentiment/playground",
+        {"payload": json.dumps({"inputs": [texts[0], texts[2]]})},
+    )
+    assert by_json.status_code == 200, by_json.text
+    assert _predictions(r.text) == _predictions(by_json.text)
+    expected = run_onnx(tiny_models.text, [texts[0], texts[2]])["predictions"]
+    assert [p["label"] for p in _predictions(r.text)] == [p["label"] for p in expected]
+
+
+def test_a_bad_field_is_named_kept_and_costs_nothing(
+    pg: Stack, browsers: list[Browser], tiny_models: TinyModels
+) -> None:
+    b = _signed_in(pg, browsers, "pg-badfield")
+    form = {"mode": "fields", "x0_0": "5.1", "x0_1": "abc", "x0_2": "1.4", "x0_3": "0.2"}
+    r = b.post("/pg-creator/iris/playground", form)
+    assert r.status_code == 400, r.text
+    assert 'data-code="invalid_field"' in r.text
+    assert "Row 1, Feature 2: &#39;abc&#39; is not a number." in r.text
+    assert re.search(r'name="x0_1" type="number"[^>]*value="abc"[^>]*aria-invalid="true"', r.text)
+    assert _runs_left(r.text) == CREDITS
+
+    form["x0_1"] = ""
+    r = b.post("/pg-creator/iris/playground", form)
+    assert r.status_code == 400
+    assert "Row 1, Feature 2: a number is missing." in r.text
+    r = b.post("/pg-creator/iris/playground", {"mode": "fields"})
+    assert r.status_code == 400
+    assert "Enter the values of at least one row." in r.text
+    assert _runs_left(r.text) == CREDITS
+
+    # a blank second row is skipped: one row runs
+    row = tiny_models.iris_rows[0]
+    form = {"mode": "fields", **{f"x0_{c}": str(v) for c, v in enumerate(row)}}
+    form.update({f"x1_{c}": "" for c in range(4)})
+    r = b.post("/pg-creator/iris/playground", form)
+    assert r.status_code == 200, r.text
+    assert _predictions(r.text) == run_onnx(tiny_models.iris, [row])["predictions"]
+    assert _runs_left(r.text) == CREDITS - 1
+
+
+def test_node_operators_get_the_nodes_link_on_a_real_database(
+    pg: Stack, browsers: list[Browser]
+) -> None:
+    """The nav's 'Nodes' link is decided while the page renders, inside the request's own
+    transaction (on a SQLite file: holding the write lock)."""
+    op = _browser(pg, browsers)
+    op.login("pg-operator")
+    page = op.get("/pg-creator/iris")
+    assert page.status_code == 200
+    assert 'href="/nodes"' in page.text
+    nodes = op.get("/nodes")
+    assert nodes.status_code == 200
+    assert 'data-status="online"' in nodes.text
+    assert "pg-node" in nodes.text
+    other = _signed_in(pg, browsers, "pg-no-nodes")
+    assert 'href="/nodes"' not in other.get("/pg-creator/iris").text

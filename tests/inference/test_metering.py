@@ -100,10 +100,7 @@ def make_world(
         r = client.put(f"/api/v1/models/{full}/offers", json=offers, headers=owner.headers)
         assert r.status_code == 200, r.text
     if fund:
-        r = client.post(
-            "/api/v1/dev/faucet", json={"amount": fund, "currency": "USDC"}, headers=buyer.headers
-        )
-        assert r.status_code == 201, r.text
+        api.fund(buyer, fund)  # a deposit from a wallet holding test tokens on the app's chain
     nodes = []
     for op in (op1, op2):
         r = client.post("/api/v1/nodes", json={"name": "box"}, headers=op.headers)

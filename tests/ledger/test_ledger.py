@@ -20,7 +20,7 @@ USDC = Currency.USDC
 
 def accounts(s: Session) -> tuple[LedgerAccount, LedgerAccount, LedgerAccount]:
     src = ledger.get_or_create_account(
-        s, code="t:faucet", currency=USDC, kind="faucet", no_overdraft=False
+        s, code="t:vault", currency=USDC, kind="vault", no_overdraft=False
     )
     alice = ledger.get_or_create_account(s, code="t:alice", currency=USDC, kind="user_balance")
     bob = ledger.get_or_create_account(s, code="t:bob", currency=USDC, kind="user_balance")

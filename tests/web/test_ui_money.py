@@ -1,5 +1,6 @@
 """The money pages of the web UI, driven like a browser without JavaScript: prices on the model
-page, the buy confirm page, the library (keys, downloads, refunds, test funds) and earnings.
+page, the buy confirm page, the library (keys, downloads, refunds; funds come in by deposit) and
+earnings.
 Every scenario ends with a clean ledger."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from cyxwiz.accounts.service import get_user_by_username
-from cyxwiz.billing import flows
+from cyxwiz.billing import deposits, flows
 from cyxwiz.billing.models import Purchase
 from cyxwiz.clock import TestClock
 from cyxwiz.config import Env, Settings
@@ -26,6 +27,8 @@ from cyxwiz.db import Database
 from cyxwiz.ledger import service as ledger
 from cyxwiz.licensing.models import License
 from cyxwiz.money import Currency
+from tests.chain_support import chain_of, funded_wallet
+from tests.chain_support import pay as wallet_pay
 from tests.factories import Account, Api
 from tests.web.test_ui import HTML, Browser
 
@@ -155,13 +158,19 @@ def purchases(db: Database) -> int:
         return int(s.scalar(select(func.count()).select_from(Purchase)) or 0)
 
 
-def add_funds(b: Browser, currency: str = "USDC", back: str = "/library") -> Response:
-    """Press '+ 100 <currency>' on the library page."""
-    page = b.get("/library")
-    assert page.status_code == 200
-    fields = form_fields(page.text, "/library/faucet", f"+ 100 {currency}")
-    fields["next"] = back
-    r = submit(b, "/library/faucet", fields)
+def add_funds(b: Browser, currency: str = "USDC") -> Response:
+    """Deposit 100 <currency> the way a user does: a request on /deposit, paid by a wallet
+    holding test tokens on the dev chain, then 'Check now' (the answer: back to the request)."""
+    fields = form_fields(b.get("/deposit").text, "/deposit")
+    r = submit(b, "/deposit", {**fields, "amount": "100", "currency": currency})
+    assert r.status_code == 303, r.text
+    request = b.get(r.headers["location"])
+    m = re.search(r'data-copy="(solana:[^"]+)"', request.text)
+    assert m, request.text
+    chain = chain_of(b.client)
+    wallet_pay(chain, funded_wallet(chain, Currency(currency), 100 * USDC), html.unescape(m[1]))
+    scan = f"{r.headers['location']}/scan"
+    r = submit(b, scan, form_fields(request.text, scan))
     assert r.status_code == 303, r.text
     return r
 
@@ -200,7 +209,7 @@ def test_money_pages_need_sign_in(
         r = browser.get(url)
         assert r.status_code == 303, url
         assert r.headers["location"] == f"/login?next={url}"
-    for url in ("/library/faucet", f"/{m}/buy"):
+    for url in ("/deposit", f"/{m}/buy"):
         r = browser.post(url, {"currency": "USDC", "amount": "100"})
         assert r.status_code == 303
         assert r.headers["location"].startswith("/login?next=")
@@ -316,9 +325,9 @@ def test_buy_through_the_forms_charges_once(
     b = buyer(new_browser, funds=())
     who = username(b)
     r = add_funds(b, "USDC")
-    assert r.headers["location"] == "/library"
+    assert r.headers["location"].startswith("/deposit/")
+    assert "Received 100.00 USDC: 100.00 USDC credited" in b.get(r.headers["location"]).text
     library = b.get("/library")
-    assert "Added 100.00 USDC of test funds." in library.text
     assert "100.00 USDC" in text(library.text)
     assert available(db, who) == 100 * USDC
 
@@ -563,78 +572,85 @@ def test_earnings_show_pending_then_available(
     assert "+39.20 USDC" in t
     assert "Debt" not in t
 
-    # the buyer's own transfers: test funds in, the purchase held then captured
+    # the buyer's own transfers: a deposit in, the purchase held then captured
     t = text(b.get("/earnings").text)
-    assert "Test funds added" in t
+    assert "Deposit Balance +100.00 USDC" in t
     assert "+100.00 USDC" in t
     assert "Purchase, held in escrow" in t
     assert "−49.00 USDC on hold" in t
     assert "Purchase completed" in t
 
 
-def test_transfers_are_paginated(browser: Browser, db: Database, settings: Settings) -> None:
+def test_transfers_are_paginated(
+    browser: Browser, db: Database, settings: Settings, clock: TestClock
+) -> None:
     name = _name()
     browser.signup(name)
-    with db.session() as s:
+    chain = chain_of(browser.client)
+    wallet = funded_wallet(chain, Currency.USDC, sum(range(1, 24)) * USDC)
+    with db.session() as s:  # 23 deposits from one wallet, credited by the watcher's scan
         user = get_user_by_username(s, name)
         for i in range(23):
-            flows.faucet(
+            dep, _ = deposits.create_deposit(
                 s,
                 settings=settings,
+                chain=chain,
                 user=user,
                 currency=Currency.USDC,
                 amount=(i + 1) * USDC,
                 idempotency_key=f"seed-{i}",
+                now=clock.now(),
             )
+            wallet_pay(chain, wallet, deposits.payment_url(dep, username=name))
+            deposits.scan_deposit(s, settings=settings, chain=chain, deposit=dep, now=clock.now())
+    credited = re.compile(r"\+(\d+)\.00 USDC")
     first = browser.get("/earnings")
     assert 'Transfers <span class="muted">23</span>' in first.text
-    assert first.text.count("Test funds added") == 20
+    on_first = credited.findall(first.text)
+    assert len(on_first) == 20
     assert 'href="/earnings?page=2"' in first.text
     second = browser.get("/earnings?page=2")
-    assert second.text.count("Test funds added") == 3
+    on_second = credited.findall(second.text)
+    assert len(on_second) == 3
+    assert sorted(int(x) for x in on_first + on_second) == list(range(1, 24))
     assert "Page 2 of 2" in second.text
     assert browser.get("/earnings?page=oops").status_code == 200
 
 
-# ---------------------------------------------------------------- test funds and CSRF
+# ---------------------------------------------------------------- adding funds and CSRF
 
 
-def test_faucet_form_is_idempotent_and_dev_only(
-    browser: Browser, db: Database, settings: Settings
-) -> None:
-    name = _name()
-    browser.signup(name)
+def test_library_offers_deposits_and_dev_test_tokens(browser: Browser, settings: Settings) -> None:
+    browser.signup(_name())
     page = browser.get("/library")
-    assert "Add test funds" in page.text
-    fields = form_fields(page.text, "/library/faucet", "+ 100 USDC")
-    assert submit(browser, "/library/faucet", fields).status_code == 303
-    assert submit(browser, "/library/faucet", fields).status_code == 303  # a double submit
-    assert available(db, name) == 100 * USDC
-    r = submit(browser, "/library/faucet", {**fields, "next": "https://evil.example/"})
-    assert r.headers["location"] == "/library"
+    assert 'href="/deposit">Add funds</a>' in page.text
+    assert 'href="/wallet">Get test tokens</a>' in page.text
+    # the ledger-only faucet is gone: money comes in through deposits only
+    assert "/library/faucet" not in page.text
+    r = browser.post("/library/faucet", {"currency": "USDC", "amount": "100"})
+    assert r.status_code in (404, 405)
 
     settings.env = Env.production
     page = browser.get("/library")
     assert page.status_code == 200
-    assert "Add test funds" not in page.text
-    assert "/library/faucet" not in page.text
-    fields["idempotency_key"] = secrets.token_urlsafe(24)
-    r = submit(browser, "/library/faucet", fields)
-    assert r.status_code == 403
-    assert "faucet does not exist in production" in r.text
-    assert available(db, name) == 100 * USDC
+    assert 'href="/deposit">Add funds</a>' in page.text
+    assert "Get test tokens" not in page.text
 
 
-def test_faucet_not_offered_on_the_buy_page_in_production(
+def test_test_tokens_not_offered_on_the_buy_page_in_production(
     new_browser: Callable[[], Browser], api: Api, settings: Settings
 ) -> None:
     m = paid_model(api, api.user())
     b = buyer(new_browser, funds=())
-    assert "Need test funds?" in b.get(f"/{m}/buy").text
+    page = b.get(f"/{m}/buy")
+    assert "Need funds?" in page.text
+    back = f"next=/{m}/buy%3Fcurrency%3DUSDC"  # a deposit comes back to this page
+    assert f'href="/deposit?currency=USDC&amp;{back}"' in page.text
+    assert 'href="/wallet">Get test tokens</a>' in page.text
     settings.env = Env.production
     page = b.get(f"/{m}/buy")
-    assert "Need test funds?" not in page.text
-    assert "/library/faucet" not in page.text
+    assert f'href="/deposit?currency=USDC&amp;{back}"' in page.text
+    assert "Get test tokens" not in page.text
 
 
 def test_money_forms_without_csrf_are_refused_and_move_nothing(
@@ -656,8 +672,8 @@ def test_money_forms_without_csrf_are_refused_and_move_nothing(
     assert purchases(db) == 0
     assert available(db, who) == 100 * USDC
 
-    faucet = form_fields(b.get("/library").text, "/library/faucet", "+ 100 USDC")
-    r = submit(b, "/library/faucet", {k: v for k, v in faucet.items() if k != "csrf_token"})
+    deposit = form_fields(b.get("/deposit").text, "/deposit")
+    r = submit(b, "/deposit", {k: v for k, v in deposit.items() if k != "csrf_token"})
     assert r.status_code == 403
     assert available(db, who) == 100 * USDC
 

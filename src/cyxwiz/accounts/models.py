@@ -60,3 +60,34 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class Wallet(Base):
+    """A Solana wallet linked to an account by Sign-In With Solana (the platform never holds
+    its key). An address belongs to at most one account."""
+
+    __tablename__ = "wallets"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(44), unique=True)
+    label: Mapped[str] = mapped_column(String(64), default="")
+    unlinked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class SignInNonce(Base):
+    """One Sign-In With Solana challenge: usable once, before it expires, by the address it
+    names, for the purpose it names (link a wallet to ``user_id``, or log in)."""
+
+    __tablename__ = "siws_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(44), index=True)
+    purpose: Mapped[str] = mapped_column(String(8))  # link | login
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    message: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

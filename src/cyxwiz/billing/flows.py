@@ -1,4 +1,6 @@
-"""Flows that move money: faucet, one-time purchase into escrow, release, refunds, earnings.
+"""Flows that move money: one-time purchase into escrow, release, refunds, earnings.
+
+Money enters the ledger only through on-chain deposits (``cyxwiz.billing.deposits``).
 
 Every movement is a ledger transfer with a deterministic id derived from the business record
 (purchase id + step), so a retried or concurrently repeated flow lands on the same transfers and
@@ -22,13 +24,13 @@ from cyxwiz.billing.models import CreatorDebt, Purchase
 from cyxwiz.catalog.models import Model, ModelContributor
 from cyxwiz.catalog.service import can_view
 from cyxwiz.config import Settings
-from cyxwiz.errors import Conflict, DomainError, InvalidInput, NotFound, PermissionDenied
+from cyxwiz.errors import Conflict, DomainError, InvalidInput, NotFound
 from cyxwiz.ledger import service as ledger
 from cyxwiz.ledger.models import LedgerAccount, LedgerTransfer
-from cyxwiz.ledger.service import TransferExists, TransferSpec
+from cyxwiz.ledger.service import TransferSpec
 from cyxwiz.licensing.models import License
 from cyxwiz.licensing.service import active_license, get_offers
-from cyxwiz.money import BPS, Currency, allocate, bps_of, format_amount
+from cyxwiz.money import BPS, Currency, allocate, bps_of
 
 NS = uuid.UUID("5b0f7c1e-9f3a-4e0c-8a55-0c1d2e3f4a5b")
 # (lifetime released sales in USDC minor units at least, platform fee bps)
@@ -106,57 +108,17 @@ def node_earnings_account(
 
 
 def platform_account(session: Session, purpose: str, currency: Currency) -> LedgerAccount:
-    """Platform accounts: revenue and escrow hold money (no overdraft); the faucet (a source of
-    test money) and receivables (what creators owe after late refunds, debit-normal) may go
-    below zero."""
+    """Platform accounts: revenue, escrow, treasury (the platform's own funds on chain) and
+    payout fees hold money (no overdraft); receivables (what creators owe after late refunds)
+    and the vault (the on-chain token accounts' mirror: its net debit is what they hold) are
+    debit-normal and may go below zero."""
     return ledger.get_or_create_account(
         session,
         code=platform_code(purpose, currency),
         currency=currency,
         kind=f"platform_{purpose}",
-        no_overdraft=purpose not in ("faucet", "receivables"),
+        no_overdraft=purpose not in ("receivables", "vault"),
     )
-
-
-# ---------------------------------------------------------------- funding
-
-
-def faucet(
-    session: Session,
-    *,
-    settings: Settings,
-    user: User,
-    currency: Currency,
-    amount: int,
-    idempotency_key: str,
-) -> LedgerTransfer:
-    """Dev mode only: credit test funds through a normal transfer from the faucet account."""
-    if settings.is_production:
-        raise PermissionDenied("the faucet does not exist in production", code="faucet_disabled")
-    if not 1 <= amount <= settings.faucet_max_amount:
-        raise InvalidInput(
-            f"amount must be between 1 and {format_amount(settings.faucet_max_amount, currency)} per call",
-            code="invalid_amount",
-        )
-    src = platform_account(session, "faucet", currency)
-    dst = user_account(session, user.id, currency)
-    try:
-        return ledger.create_transfer(
-            session,
-            TransferSpec(
-                id=_tid("faucet", user.id, idempotency_key),
-                code="faucet",
-                debit=src.id,
-                credit=dst.id,
-                amount=amount,
-                ref=f"user:{user.id}",
-            ),
-        )
-    except TransferExists:
-        raise Conflict(
-            "this Idempotency-Key was used for a different faucet request",
-            code="idempotency_key_reused",
-        ) from None
 
 
 def balances(session: Session, *, user: User) -> dict[str, dict[str, Any]]:
@@ -268,6 +230,15 @@ def purchase(
     if offer is None:
         raise Conflict(f"{model.full_name} is free; download it directly", code="not_for_sale")
     if active_license(session, buyer_id=buyer.id, model_id=model.id) is not None:
+        # A retry whose first attempt committed after the lookup above finds the license:
+        # it is the same purchase, not a second one.
+        again = session.scalar(
+            select(Purchase)
+            .where(Purchase.buyer_id == buyer.id, Purchase.idempotency_key == idempotency_key)
+            .execution_options(populate_existing=True)
+        )
+        if again is not None:
+            return _same_request(again, model, currency), False
         raise Conflict(f"you already hold a license for {model.full_name}", code="already_licensed")
     amount = price_in(settings, offer.amount, currency)
     fee = fee_bps_for(lifetime_released_usdc(session, creator_id=model.owner_id))

@@ -52,3 +52,84 @@ class CreatorDebt(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
     purchase_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("purchases.id"))
+
+
+class Deposit(Base):
+    """A Solana Pay transfer request: pay ``amount`` of ``currency`` into the vault, found on
+    chain by its unique ``reference`` key. Credits arrive per transaction signature."""
+
+    __tablename__ = "deposits"
+    __table_args__ = (UniqueConstraint("user_id", "idempotency_key"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    currency: Mapped[str] = mapped_column(String(8))
+    amount: Mapped[int] = mapped_column(BigInteger)  # asked for
+    credited: Mapped[int] = mapped_column(BigInteger, default=0)  # arrived (posted)
+    pending: Mapped[int] = mapped_column(BigInteger, default=0)  # seen, commitment not reached
+    reference: Mapped[str] = mapped_column(String(44), unique=True)
+    recipient: Mapped[str] = mapped_column(String(44))  # the vault owner (Solana Pay recipient)
+    vault: Mapped[str] = mapped_column(String(44))  # the vault token account
+    mint: Mapped[str] = mapped_column(String(44))
+    memo: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    # open | partial (under-paid, still open) | paid | expired
+    last_signature: Mapped[str | None] = mapped_column(String(88))
+
+
+class DepositCredit(Base):
+    """One on-chain transaction credited to a deposit, exactly once per signature."""
+
+    __tablename__ = "deposit_credits"
+
+    deposit_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deposits.id"), index=True)
+    signature: Mapped[str] = mapped_column(String(88), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    slot: Mapped[int] = mapped_column(BigInteger)
+    payer: Mapped[str] = mapped_column(String(44))
+    status: Mapped[str] = mapped_column(String(16))  # pending | credited
+    transfer_id: Mapped[uuid.UUID]
+    credited_at: Mapped[datetime | None]
+
+
+class Payout(Base):
+    """Money out to a linked wallet. The ledger debit is written first (pending), the chain
+    transfer is signed and recorded here (the outbox) before it is sent, and the pending
+    transfer is posted on confirmation or voided on failure/expiry."""
+
+    __tablename__ = "payouts"
+    __table_args__ = (UniqueConstraint("user_id", "idempotency_key"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))  # balance | earnings
+    currency: Mapped[str] = mapped_column(String(8))  # what leaves the ledger account
+    amount: Mapped[int] = mapped_column(BigInteger)  # debited from the account
+    fee: Mapped[int] = mapped_column(BigInteger)  # instant payout fee (in `currency`)
+    bonus: Mapped[int] = mapped_column(BigInteger, default=0)  # CYX bonus (in `paid_currency`)
+    paid_currency: Mapped[str] = mapped_column(String(8))
+    paid_amount: Mapped[int] = mapped_column(BigInteger)  # what lands in the wallet
+    wallet: Mapped[str] = mapped_column(String(44))
+    kind: Mapped[str] = mapped_column(String(16))  # instant | scheduled
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    # pending (ledger debited) -> sent (signed + submitted) -> confirmed | failed (reversed)
+    transfer_id: Mapped[uuid.UUID]
+    signature: Mapped[str | None] = mapped_column(String(88))
+    raw_tx: Mapped[bytes | None]
+    last_valid_block_height: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(500))
+    sent_at: Mapped[datetime | None]
+    settled_at: Mapped[datetime | None]
+
+
+class PayoutSettings(Base):
+    """How a creator wants to be paid: the currency (CYX earns a bonus) and weekly payouts."""
+
+    __tablename__ = "payout_settings"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), unique=True)
+    paid_in: Mapped[str] = mapped_column(String(8), default="USDC")
+    weekly: Mapped[bool] = mapped_column(default=False)
+    wallet: Mapped[str | None] = mapped_column(String(44))

@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cyxwiz.cli.chain import app as chain_app
+from cyxwiz.cli.verify import verify as verify_cmd
+from cyxwiz.cli.wallet import app as wallet_app
+
 if TYPE_CHECKING:
     from cyxwiz.config import Settings
 
@@ -25,6 +29,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(billing_app, name="billing")
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(chain_app, name="chain")
+app.command("verify")(verify_cmd)
 
 DataDir = Annotated[
     Path | None,
@@ -84,13 +91,29 @@ def serve(
 ) -> None:
     """Run the marketplace (migrates the database first) and, by default, one local
     inference node, so hosted inference works out of the box."""
+    import os
+
     import uvicorn
 
     settings = load_settings(data_dir)
+    if "CYXWIZ_BASE_URL" not in os.environ:  # links, SIWS domain, Solana Pay and RPC URLs
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        settings.base_url = f"http://{shown}:{port}"
+        os.environ["CYXWIZ_BASE_URL"] = settings.base_url  # worker processes read it too
+    if workers > 1 and settings.chain_backend.value == "local":
+        typer.secho(
+            "the local chain is owned by one process: use --workers 1, or settle on a cluster "
+            "(CYXWIZ_CHAIN_BACKEND=rpc) to run several workers",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
     _upgrade(settings)
     if demo:
         from cyxwiz.demo.seed import seed_if_empty
 
+        # Seeding funds the demo buyers by deposits on the chain this server settles on; it
+        # opens the (process-exclusive) local chain and closes it before the app opens it.
         seed_if_empty(settings, echo=typer.echo)
     typer.secho(f"CyxWiz Marketplace on http://{host}:{port}  (API docs: /docs)", fg="green")
     local = None
@@ -101,8 +124,6 @@ def serve(
         _exit_on_sigterm()  # uvicorn re-raises SIGTERM after its shutdown: run `finally` below
     try:
         if workers > 1:
-            import os
-
             os.environ["CYXWIZ_DATA_DIR"] = str(settings.data_dir)
             uvicorn.run(
                 "cyxwiz.web.asgi:app", host=host, port=port, workers=workers, log_level="info"
@@ -385,19 +406,48 @@ def user_create(
 
 
 @ledger_app.command("check")
-def ledger_check(data_dir: DataDir = None) -> None:
-    """Prove the ledger's invariants per currency; exit 1 with a report if any is broken."""
+def ledger_check(
+    data_dir: DataDir = None,
+    chain: Annotated[
+        bool, typer.Option("--chain/--no-chain", help="also reconcile the vaults on chain")
+    ] = True,
+) -> None:
+    """Prove the ledger's invariants per currency and reconcile each vault's on-chain balance
+    with what the ledger says it holds; exit 1 with a report if anything is off."""
+    from cyxwiz.billing.treasury import VaultReport, reconcile
+    from cyxwiz.chain.interfaces import ChainUnavailable
     from cyxwiz.db import Database
     from cyxwiz.ledger.service import check
     from cyxwiz.money import format_amount
 
     settings = load_settings(data_dir)
     db = Database.from_url(settings.resolved_database_url)
+    vaults: list[VaultReport] = []
     try:
         with db.session() as session:
             report = check(session)
+            if chain:
+                try:
+                    view = _chain_view(settings)
+                except ChainUnavailable as exc:
+                    typer.echo(f"  chain: not reconciled ({exc.detail})")
+                else:
+                    try:
+                        vaults = reconcile(session, chain=view)
+                    finally:
+                        view.close()
     finally:
         db.engine.dispose()
+    for v in vaults:
+        typer.echo(
+            f"  vault {v.currency}: on chain {format_amount(v.on_chain, v.currency)}, "
+            f"ledger {format_amount(v.ledger_posted, v.currency)}"
+            + (f" (+{format_amount(v.incoming, v.currency)} incoming)" if v.incoming else "")
+            + (f" (-{format_amount(v.outgoing, v.currency)} paying out)" if v.outgoing else "")
+        )
+        problem = v.problem()
+        if problem:
+            report.problems.append(problem)
     typer.echo(f"{report.accounts} accounts, {report.transfers} transfers")
     for cur, sums in sorted(report.currencies.items()):
         typer.echo(
@@ -409,6 +459,24 @@ def ledger_check(data_dir: DataDir = None) -> None:
             typer.secho(f"PROBLEM: {problem}", fg="red", err=True)
         raise typer.Exit(1)
     typer.secho("ledger check: clean", fg="green")
+
+
+def _chain_view(settings: Settings) -> Any:
+    """The chain to reconcile against: the configured one, or — when a running server owns
+    the local chain — a read-only view of its persisted state."""
+    from cyxwiz.chain.factory import open_chain
+    from cyxwiz.chain.interfaces import ChainUnavailable
+    from cyxwiz.chain.local import LocalChainSnapshot
+    from cyxwiz.config import ChainBackend
+
+    if settings.chain_backend is ChainBackend.local:
+        if not (settings.resolved_chain_dir / "chain.sqlite").exists():
+            raise ChainUnavailable("no local chain has been created yet")
+        try:
+            return open_chain(settings)
+        except ChainUnavailable:
+            return LocalChainSnapshot(settings.resolved_chain_dir)
+    return open_chain(settings)
 
 
 @billing_app.command("release")
@@ -433,6 +501,37 @@ def billing_release(data_dir: DataDir = None) -> None:
     finally:
         db.engine.dispose()
     typer.echo(f"released escrow for {total} purchases")
+
+
+@billing_app.command("sweep")
+def billing_sweep(data_dir: DataDir = None) -> None:
+    """Settle metering reservations left pending by a process that died: charge their stored
+    usage events, release the rest (idempotent, safe to run while `serve` sweeps too)."""
+    from cyxwiz.db import Database
+    from cyxwiz.inference.metering import SweepReport, sweep_reservations
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    db = Database.from_url(settings.resolved_database_url)
+    total = SweepReport()
+    try:
+        while True:
+            report = sweep_reservations(db, settings)
+            total.settled += report.settled
+            total.released += report.released
+            total.skipped += report.skipped
+            for cur, amount in report.charged.items():
+                total.charged[cur] += amount
+            if not report.swept:
+                break
+    finally:
+        db.engine.dispose()
+    charged = ", ".join(f"{amount} {cur}" for cur, amount in sorted(total.charged.items()))
+    typer.echo(
+        f"swept {total.swept} reservations: {total.settled} settled"
+        f"{f' (charged {charged} minor units)' if charged else ''}, {total.released} released;"
+        f" {total.skipped} still held by a live process"
+    )
 
 
 def run() -> None:

@@ -24,15 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import cached_property
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import anyio.to_thread
+import httptools
 import orjson
 
 from cyxwiz.accounts.service import resolve_bearer
@@ -59,7 +63,7 @@ from cyxwiz.inference.node_client import (
     oip_to_simple,
     simple_to_oip,
 )
-from cyxwiz.inference.ratelimit import RateLimiter, rate_limiter_from_settings
+from cyxwiz.inference.ratelimit import Limit, RateLimiter, rate_limiter_from_settings
 
 log = logging.getLogger("cyxwiz.gateway")
 T = TypeVar("T")
@@ -67,6 +71,9 @@ T = TypeVar("T")
 SCOPE = "inference"
 SUSPECT_SECONDS = 5.0  # a node that just failed gets no new work for this long, if others can
 META_DETERMINISTIC = "cyxwiz.deterministic"  # ONNX metadata "false" turns the result cache off
+MAX_NODE_HEADER_BYTES = 64 * 1024  # a node's answer headers beyond this: a broken node
+PLANS = ("demo", "paid", "owner")  # Ticket.kind: what a call's rate limit depends on
+PLAN_MEMO_SECONDS = 300.0  # how long a caller's last plan on a model is remembered
 
 
 class ModelUnavailable(DomainError):
@@ -109,9 +116,19 @@ class Caller:
     api_key_id: uuid.UUID | None
     scopes: frozenset[str] | None
 
-    @property
+    @cached_property  # (a frozen dataclass still has a __dict__ for it)
     def bucket(self) -> str:
         return f"k:{self.api_key_id}" if self.api_key_id is not None else f"u:{self.user_id}"
+
+
+def plan_limits(settings: Settings) -> dict[str, Limit]:
+    """Each plan's token bucket (docs/gateway.md, "Rate limits")."""
+    s = settings
+    return {
+        "demo": Limit(s.inference_demo_rate_per_second, s.inference_demo_burst),
+        "paid": Limit(s.inference_rate_per_second, s.inference_burst),
+        "owner": Limit(s.inference_owner_rate_per_second, s.inference_owner_burst),
+    }
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,11 @@ class Target:
     @property
     def full_name(self) -> str:
         return f"{self.owner}/{self.name}"
+
+    @cached_property
+    def node_path(self) -> str:
+        """Where a node serves this version (its OIP name is the version id)."""
+        return f"/v2/models/{self.version_id}/infer"
 
     @property
     def oip_name(self) -> str:
@@ -215,6 +237,11 @@ class Gateway:
         self._targets: TTLCache[tuple[str, str, str], Target | DomainError] = TTLCache(
             ttl=settings.inference_model_cache_seconds, max_entries=10_000
         )
+        self.limits = plan_limits(settings)
+        # (caller bucket, model id) -> the plan of the caller's last ticket on that model
+        self._plans: TTLCache[tuple[str, uuid.UUID], str] = TTLCache(
+            ttl=PLAN_MEMO_SECONDS, max_entries=100_000
+        )
         self._table: list[RoutableNode] = []
         self._table_loaded = False
         self._table_expires = 0.0
@@ -232,10 +259,7 @@ class Gateway:
     @property
     def limiter(self) -> RateLimiter:
         if self._limiter is None:
-            s = self.settings
-            self._limiter = rate_limiter_from_settings(
-                redis_url=s.redis_url, rate=s.inference_rate_per_second, burst=s.inference_burst
-            )
+            self._limiter = rate_limiter_from_settings(redis_url=self.settings.redis_url)
         return self._limiter
 
     @property
@@ -355,14 +379,31 @@ class Gateway:
                 version=chosen.version,
             )
 
-    async def check_rate(self, caller: Caller) -> None:
-        wait = await self.limiter.take(caller.bucket)
+    # ------------------------------------------------------------ rate limits per plan
+
+    def expected_plan(self, caller: Caller, target: Target) -> str | None:
+        """The plan this call will most likely get from metering: the plan of the caller's
+        last ticket on this model (remembered ``PLAN_MEMO_SECONDS``), else ``owner`` for the
+        model's owner (metering's first rule), else None (not known before ``authorize``)."""
+        plan = self._plans.get((caller.bucket, target.model_id))
+        if plan is None and caller.user_id == target.owner_id:
+            plan = "owner"
+        return plan
+
+    async def check_rate(self, caller: Caller, plan: str) -> None:
+        """One token from the caller's bucket for ``plan`` (per API key, else per user), else
+        429 ``rate_limited`` with ``Retry-After``."""
+        limit = self.limits.get(plan)
+        if limit is None:  # a kind this gateway does not know: limited as paid
+            plan, limit = "paid", self.limits["paid"]
+        wait = await self.limiter.take(f"{plan}:{caller.bucket}", limit)
         if wait > 0:
-            retry = max(1, int(wait + 0.999))
+            retry = max(1, math.ceil(wait))
             raise RateLimited(
-                f"rate limit of {self.settings.inference_rate_per_second:g} requests/s "
-                f"(burst {self.settings.inference_burst}) reached; retry in {retry} s",
+                f"rate limit of {limit.rate:g} requests/s (burst {limit.burst}) for {plan} "
+                f"calls reached; retry in {retry} s",
                 headers={"Retry-After": str(retry)},
+                plan=plan,
             )
 
     # ------------------------------------------------------------ routing
@@ -478,7 +519,12 @@ class Gateway:
         work: Callable[[], Awaitable[Answer]],
         *,
         units: int,
+        checked: str | None,
     ) -> Answer:
+        """``work`` under a ticket: settled on success, cancelled on any failure. ``checked``
+        is the plan whose bucket the call already took a token from (``expected_plan``); if
+        the ticket's plan differs (or none was known), the call takes a token from its own
+        plan's bucket now — a refusal cancels the ticket (a demo credit comes back)."""
         ticket = await self.meter.authorize(
             user_id=caller.user_id,
             model_id=target.model_id,
@@ -486,12 +532,19 @@ class Gateway:
             api_key_id=caller.api_key_id,
             units=units,
         )
+        if ticket.kind != checked:
+            self._plans.put((caller.bucket, target.model_id), ticket.kind)
+            try:
+                await self.check_rate(caller, ticket.kind)
+            except BaseException:
+                await _to_the_end(self.meter.cancel(ticket))
+                raise
         try:
             answer = await work()
         except BaseException:
-            await asyncio.shield(self.meter.cancel(ticket))
+            await _to_the_end(self.meter.cancel(ticket))
             raise
-        await asyncio.shield(
+        await _to_the_end(
             self.meter.settle(
                 ticket, request_id=answer.request_id, node_id=answer.node_id, units=ticket.units
             )
@@ -522,10 +575,12 @@ class Gateway:
         inputs = payload.get("inputs") if isinstance(payload, dict) else payload
         if inputs is None:
             raise InvalidInput('send {"inputs": ...}', code="invalid_input", status=400)
-        await self.check_rate(caller)
+        plan = self.expected_plan(caller, target)
+        if plan is not None:  # refused calls never reach metering
+            await self.check_rate(caller, plan)
 
         async def work() -> Answer:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()
             digest = ""
             if self._cacheable(target.version_id):
                 digest = input_digest(inputs)
@@ -537,13 +592,13 @@ class Gateway:
                     )
 
             async def call(node: RoutableNode) -> dict[str, Any]:
-                meta = await self.nodes.metadata(node, target.version_id)
-                self._learn(target.version_id, meta)
+                meta = self._meta.get(target.version_id)  # versions are immutable
+                if meta is None:
+                    meta = await self.nodes.metadata(node, target.version_id)
+                    self._learn(target.version_id, meta)
                 request = simple_to_oip(meta, inputs, request_id=request_id)
                 shape = request["inputs"][0]["shape"]
-                raw = await self.conns.post(
-                    node, f"/v2/models/{target.version_id}/infer", orjson.dumps(request)
-                )
+                raw = await self.conns.post(node, target.node_path, orjson.dumps(request))
                 response = _json_object(node, raw)
                 return oip_to_simple(meta, response, shape[0] if shape else 1)
 
@@ -553,7 +608,7 @@ class Gateway:
             return Answer(self._simple_body(target, request_id, out), request_id, False, node.id)
 
         units = self._simple_units(target.version_id, inputs)
-        return await self._metered(caller, target, work, units=units)
+        return await self._metered(caller, target, work, units=units, checked=plan)
 
     @staticmethod
     def _simple_body(target: Target, request_id: str, out: dict[str, Any]) -> bytes:
@@ -574,10 +629,12 @@ class Gateway:
         if not isinstance(request, dict):
             raise InvalidInput("an inference request is a JSON object with 'inputs'", status=400)
         client_id = request.get("id")
-        await self.check_rate(caller)
+        plan = self.expected_plan(caller, target)
+        if plan is not None:  # refused calls never reach metering
+            await self.check_rate(caller, plan)
 
         async def work() -> Answer:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()
             answer_id = client_id if client_id is not None else request_id
             digest = ""
             if self._cacheable(target.version_id):
@@ -592,7 +649,7 @@ class Gateway:
                     self._learn(
                         target.version_id, await self.nodes.metadata(node, target.version_id)
                     )
-                raw = await self.conns.post(node, f"/v2/models/{target.version_id}/infer", body)
+                raw = await self.conns.post(node, target.node_path, body)
                 return _json_object(node, raw)
 
             out, node = await self.run_on_node(target, call)
@@ -612,7 +669,7 @@ class Gateway:
             if isinstance(t, dict) and t.get("datatype") == "BYTES"
         ]
         units = count_tokens(strings) if strings else 1
-        return await self._metered(caller, target, work, units=units)
+        return await self._metered(caller, target, work, units=units, checked=plan)
 
     async def metadata_v2(self, *, target: Target) -> bytes:
         """``GET /v2/models/{owner--name}``: the node's model metadata under the OIP name."""
@@ -651,6 +708,45 @@ class Gateway:
             )
 
 
+async def _to_the_end(coro: Coroutine[Any, Any, None]) -> None:
+    """``await coro``, run to its end even if the calling task is cancelled meanwhile (what
+    ``asyncio.shield`` gives), without a task of its own when it ends without suspending — as
+    the meter's ``settle``/``cancel`` normally do (shield's task cost ~6 µs per call)."""
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return
+    await asyncio.shield(asyncio.ensure_future(_finish(coro, first)))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], first: Any) -> None:
+    await _Suspended(coro, first)
+
+
+class _Suspended:
+    """Awaiting this goes on with ``coro``, suspended on ``first`` (what it yielded)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # passed on to the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration:
+                    return
+
+
 def _json_object(node: RoutableNode, raw: bytes) -> dict[str, Any]:
     try:
         out = orjson.loads(raw)
@@ -680,12 +776,115 @@ def _callers_fault(exc: NodeCallError) -> DomainError:
 # ---------------------------------------------------------------- the hot call to a node
 
 
+class _NodeConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to a node: one request at a time, its answer parsed
+    by httptools (Content-Length, chunked, or until the node closes)."""
+
+    def __init__(self, pool: NodeConnections, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.body: list[bytes] = []
+        self.head_bytes = 0
+        self.headers_done = False
+        self.until_eof = True  # no Content-Length / chunked: the body ends when the node closes
+        self.answered = False  # bytes came back for the current request
+        self.deadline = 0.0
+        self.closed = False
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # nothing asked: the connection is out of step, drop it
+            self.close()
+            return
+        self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ValueError("the node upgraded the connection"))
+        except (httptools.HttpParserError, ValueError) as exc:
+            self._fail(ValueError(f"invalid HTTP answer ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too (connection_lost follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        if self.waiter is not None and self.headers_done and self.until_eof and exc is None:
+            self._complete(self.parser.get_status_code(), keep=False)
+            return
+        self._fail(exc if exc is not None else ConnectionResetError("the node closed"))
+
+    # ---------------------------------------------------------------- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_NODE_HEADER_BYTES:
+            raise ValueError("the node's answer headers are too large")
+        lower = name.lower()
+        if lower == b"content-length" or lower == b"transfer-encoding":
+            self.until_eof = False
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete(self.parser.get_status_code(), keep=self.parser.should_keep_alive())
+
+    # ---------------------------------------------------------------- one exchange
+
+    def send(self, request: bytes, deadline: float) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None
+        waiter: asyncio.Future[tuple[int, bytes]] = self.pool.loop.create_future()
+        self.waiter = waiter
+        self.body = []
+        self.head_bytes = 0
+        self.headers_done = False
+        self.until_eof = True
+        self.answered = False
+        self.deadline = deadline
+        self.transport.write(request)
+        return waiter
+
+    def _complete(self, status: int, *, keep: bool) -> None:
+        waiter, self.waiter = self.waiter, None
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body = []
+        if not keep:
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, body))
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
 class NodeConnections:
     """A minimal HTTP/1.1 keep-alive client for the gateway's infer calls to nodes.
 
     httpx's AsyncClient cost ~1 ms per call here and collapsed to ~540 calls/s at 16 concurrent
-    requests (its pool, measured against a bare ASGI server); this sends one pre-built request
-    on an idle connection and reads one Content-Length (or chunked) answer. Errors map like
+    requests (its pool, measured against a bare ASGI server); asyncio streams cost a few tens of
+    µs per call more than this: a Protocol per connection, httptools' parser, one future per
+    call, and one timer for all calls (a call past its deadline is failed within
+    ``timeout / 10``, at most 1 s, late) instead of a timeout context per call. Errors map like
     ``NodeClient``'s: unreachable/timeout → retryable ``NodeCallError``; a node's 4xx about the
     request → not retryable; anything else → retryable.
     """
@@ -694,10 +893,20 @@ class NodeConnections:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
-        self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-        self._targets: dict[str, tuple[str, int, str, bool, bytes]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: dict[str, list[_NodeConnection]] = {}
+        self._busy: set[_NodeConnection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = min(1.0, max(timeout / 10, 0.01))
+        self._targets: dict[str, tuple[str, int, bytes, bool, bytes]] = {}
 
-    def _target(self, url: str) -> tuple[str, int, str, bool, bytes]:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _target(self, url: str) -> tuple[str, int, bytes, bool, bytes]:
         found = self._targets.get(url)
         if found is None:
             parts = urlsplit(url)
@@ -705,7 +914,7 @@ class NodeConnections:
             host = parts.hostname or "127.0.0.1"
             port = parts.port or (443 if tls else 80)
             host_header = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-            found = (host, port, parts.path.rstrip("/"), tls, host_header.encode())
+            found = (host, port, parts.path.rstrip("/").encode(), tls, host_header.encode())
             self._targets[url] = found
         return found
 
@@ -715,7 +924,8 @@ class NodeConnections:
         request = b"".join(
             (
                 b"POST ",
-                (prefix + path).encode(),
+                prefix,
+                path.encode(),
                 b" HTTP/1.1\r\nHost: ",
                 host_header,
                 b"\r\nAuthorization: Bearer ",
@@ -727,13 +937,12 @@ class NodeConnections:
             )
         )
         try:
-            async with asyncio.timeout(self.timeout):
-                status, raw = await self._exchange(node.url, host, port, tls, request)
+            status, raw = await self._exchange(node.url, host, port, tls, request)
         except TimeoutError:
             raise NodeCallError(
                 f"node {node.url} timed out", retryable=True, code="node_timeout"
             ) from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise NodeCallError(
                 f"node {node.url} is unreachable ({type(exc).__name__})",
                 retryable=True,
@@ -746,74 +955,71 @@ class NodeConnections:
     async def _exchange(
         self, key: str, host: str, port: int, tls: bool, request: bytes
     ) -> tuple[int, bytes]:
-        idle = self._idle.setdefault(key, [])
-        while idle:  # a kept-alive connection the node may have closed meanwhile
-            reader, writer = idle.pop()
-            if reader.at_eof() or writer.is_closing():
-                writer.close()
+        deadline = self.loop.time() + self.timeout
+        idle = self._idle.get(key)
+        while idle:  # a kept-alive connection (the node may have closed it meanwhile)
+            conn = idle.pop()
+            if conn.closed:
                 continue
             try:
-                return await self._roundtrip(key, reader, writer, request)
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                writer.close()
-                if getattr(exc, "partial", b"") or isinstance(exc, TimeoutError):
+                return await self._roundtrip(conn, request, deadline)
+            except TimeoutError:
+                raise
+            except OSError:
+                if conn.answered:
                     raise
-                # nothing came back on a reused connection: the node had closed it; new one
+                # nothing came back on a reused connection: the node had closed it; next one
         async with asyncio.timeout(self.connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=True if tls else None)
-        try:
-            return await self._roundtrip(key, reader, writer, request)
-        except BaseException:
-            writer.close()
-            raise
+            _, conn = await self.loop.create_connection(
+                lambda: _NodeConnection(self, key), host, port, ssl=True if tls else None
+            )
+        return await self._roundtrip(conn, request, deadline)
 
     async def _roundtrip(
-        self,
-        key: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        request: bytes,
+        self, conn: _NodeConnection, request: bytes, deadline: float
     ) -> tuple[int, bytes]:
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = -1
-        chunked = close = False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                close = b"close" in value.lower()
-        if chunked:
-            parts = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await reader.readuntil(b"\r\n")
-                    break
-                parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-            raw = b"".join(parts)
-        elif length >= 0:
-            raw = await reader.readexactly(length)
-        else:
-            raw, close = await reader.read(), True
-        idle = self._idle.setdefault(key, [])
-        if close or len(idle) >= self.max_idle:
-            writer.close()
-        else:
-            idle.append((reader, writer))
-        return status, raw
+        waiter = conn.send(request, deadline)
+        self._busy.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+        try:
+            answer = await waiter
+        except BaseException:
+            conn.close()  # its answer may still come: never reuse it
+            raise
+        finally:
+            self._busy.discard(conn)
+        if not conn.closed:
+            idle = self._idle.setdefault(conn.key, [])
+            if len(idle) < self.max_idle:
+                idle.append(conn)
+            else:
+                conn.close()
+        return answer
+
+    def _sweep(self) -> None:
+        """Fail the calls past their deadline (one timer for all calls)."""
+        self._sweeper = None
+        now = self.loop.time()
+        for conn in [c for c in self._busy if c.deadline <= now]:
+            conn._fail(TimeoutError())
+        if self._busy:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def _forget(self, conn: _NodeConnection) -> None:
+        self._busy.discard(conn)
 
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
-            for _, writer in conns:
-                writer.close()
+            for conn in conns:
+                conn.close()
         self._idle.clear()
+        for conn in list(self._busy):
+            conn._fail(ConnectionResetError("the gateway is closing"))
+        self._busy.clear()
 
 
 def _node_failure(node: RoutableNode, status: int, raw: bytes) -> NodeCallError:

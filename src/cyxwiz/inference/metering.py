@@ -10,11 +10,18 @@ How a call is paid (docs/metering.md has the full story):
 2. ``settle`` (success) appends a usage event to an in-memory buffer — no DB write on the hot
    path; ``cancel`` (failure) gives the capacity (or the demo credit) back: never billed.
 3. The flusher (every ``metering_flush_seconds``, or ``flush()``) bulk-inserts the buffered
-   events (``INSERT .. ON CONFLICT (request_id) DO NOTHING``, so a replay is counted once) and,
-   in the same transaction, one linked ledger set per batch: post each block's consumed part
-   and re-reserve the rest, then pay from the hold account the platform fee, the node
-   operators' compute share and the contributors' shares. Transfer ids derive from the batch
-   id, so a retried flush lands on the same transfers.
+   events (``INSERT .. ON CONFLICT (request_id) DO NOTHING``; on PostgreSQL a binary COPY into
+   a session temp table first), so a replay is counted once, and in the same transaction
+   settles every block that is done with one linked ledger set: post what its stored events
+   charged (the rest returns to the buyer), then pay from the hold account the platform fee,
+   the node operators' compute share and the contributors' shares. Transfer ids derive from
+   the reservation id, so a retried flush lands on the same transfers.
+4. Crash recovery: every reservation names its meter (``meta.owner``), and a meter holds an
+   owner lock while it lives (a PostgreSQL advisory lock on a connection of its own, or a
+   ``flock`` next to the SQLite file) — the operating system drops it when the process dies.
+   :func:`sweep_reservations` settles reservations pending longer than
+   ``metering_reservation_timeout_seconds`` whose owner lock is free, from their stored
+   events, with the very transfer ids the meter would have used: exactly once.
 
 All state lives on the event loop's thread; database work runs in worker threads, each with
 its own session from the :class:`~cyxwiz.db.Database` given.
@@ -24,19 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import threading
 import time
 import uuid
+import weakref
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from cyxwiz.billing import flows
 from cyxwiz.catalog.models import Model
@@ -48,7 +61,7 @@ from cyxwiz.inference.interfaces import Ticket
 from cyxwiz.inference.models import Node
 from cyxwiz.inference.usage_models import DemoCredit, UsageEvent
 from cyxwiz.ledger import service as ledger
-from cyxwiz.ledger.models import LedgerAccount
+from cyxwiz.ledger.models import LedgerAccount, LedgerTransfer
 from cyxwiz.ledger.service import InsufficientFunds, TransferSpec
 from cyxwiz.licensing import service as licensing
 from cyxwiz.money import BPS, Currency, allocate, bps_of, format_amount
@@ -61,6 +74,8 @@ TOKEN_BYTES = 4  # one token = up to 4 UTF-8 bytes of a string input
 PRICE_TTL_SECONDS = 5.0  # how long a model's price and contributor shares are cached
 MAX_BLOCK_SECONDS = 600.0  # a reservation is settled at the latest this long after opening
 HOLD = "metering"  # platform:metering:{CUR} holds reserved-then-charged money for a moment
+RESERVE_CODE = "usage.reserve"  # the pending transfer of a reservation
+OWNER_LOCK_NS = uuid.UUID("6b1e0d52-3c47-4f0e-9a8d-2f5e7c9b1a34")
 
 
 class QuotaExhausted(DomainError):
@@ -166,9 +181,22 @@ class _Outstanding:
     block: Block | None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Event:
-    row: dict[str, Any]
+    """A settled call waiting in the buffer (its row is built by the writer thread)."""
+
+    request_id: str
+    kind: str
+    user_id: uuid.UUID
+    api_key_id: uuid.UUID | None
+    model_id: uuid.UUID
+    version_id: uuid.UUID
+    node_id: uuid.UUID | None
+    unit: str
+    units: int
+    currency: str | None
+    amount: int
+    at: datetime
     block: Block | None
 
 
@@ -177,6 +205,7 @@ class _Batch:
     id: uuid.UUID
     events: list[_Event]
     finalize: list[Block]  # reservations settled in this batch's transaction
+    rows: list[tuple[Any, ...]] | None = None  # the events as bound values (kept for a retry)
 
 
 @dataclass
@@ -246,6 +275,11 @@ class UsageMeter:
         self._closing = False  # close() is resolving every reservation
         self._starts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Every reservation names this meter; the owner lock tells sweepers it is alive.
+        self.owner = uuid.uuid4()
+        self._owner_lock = _OwnerLock(db, self.owner)
+        self._opening = 0  # reservations being opened right now (in worker threads)
+        self._encoder: _Encoder | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -285,13 +319,15 @@ class UsageMeter:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            else:  # started by a lifespan running on another event loop
+            elif not task.get_loop().is_closed():  # started by a lifespan on another loop
                 task.get_loop().call_soon_threadsafe(task.cancel)
         self._closing = True
         try:
             await self.flush()
         finally:
             self._closing = False
+        if not self._blocks and not self._opening:  # nothing pending names this meter
+            self._owner_lock.release()
 
     # ------------------------------------------------------------ helpers
 
@@ -305,7 +341,7 @@ class UsageMeter:
             same = False
         if same:
             kick.set()
-        else:
+        elif not loop.is_closed():
             loop.call_soon_threadsafe(kick.set)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -332,9 +368,7 @@ class UsageMeter:
             if model is None:
                 raise NotFound("model not found", code="model_not_found")
             offers = licensing.get_offers(s, model=model)
-            shares = tuple((c.user_id, c.share_bps) for c in model.contributors)
-            if not shares or sum(b for _, b in shares) <= 0:
-                shares = ((model.owner_id, BPS),)
+            shares = _shares_of(model)
             unit, price = None, None
             if offers.per_1k_requests is not None:
                 unit, price = "request", offers.per_1k_requests
@@ -434,7 +468,11 @@ class UsageMeter:
             block = self._pick(key, price, n)
             if block is None:
                 target = max(n, self.settings.reservation_requests * n)
-                block = await self._run(self._open_block, user_id, price, n, target)
+                self._opening += 1
+                try:
+                    block = await self._run(self._open_block, user_id, price, n, target)
+                finally:
+                    self._opening -= 1
                 if block is None:
                     return None
                 self._blocks[key].append(block)
@@ -457,6 +495,12 @@ class UsageMeter:
         assert price.currency is not None
         assert price.unit is not None
         cur = price.currency
+        self._owner_lock.hold(self)  # before any reservation names this meter as its owner
+        meta = {
+            "unit": price.unit,
+            "owner": str(self.owner),
+            "shares": [[str(uid), bps] for uid, bps in price.shares],
+        }
         with self.db.session() as s:
             user = flows.user_account(s, user_id, cur)
             hold = flows.platform_account(s, HOLD, cur)
@@ -472,13 +516,13 @@ class UsageMeter:
                         s,
                         TransferSpec(
                             id=block_id,
-                            code="usage.reserve",
+                            code=RESERVE_CODE,
                             debit=user.id,
                             credit=hold.id,
                             amount=amount,
                             kind="pending",
                             ref=f"model:{price.model_id}",
-                            meta={"units": capacity, "unit": price.unit},
+                            meta={"units": capacity, **meta},
                         ),
                     )
                 except InsufficientFunds:  # another process spent in between: look again
@@ -574,27 +618,20 @@ class UsageMeter:
             block.charged = charged
             block.unflushed += 1
             block.last_used = time.monotonic()
-        now = self.clock.now()
         self._buffer.append(
             _Event(
-                {
-                    "id": uuid.uuid4(),
-                    "created_at": now,
-                    "request_id": request_id,
-                    "kind": ticket.kind,
-                    "user_id": ticket.user_id,
-                    "api_key_id": ticket.api_key_id,
-                    "model_id": ticket.model_id,
-                    "version_id": ticket.version_id,
-                    "node_id": node_id,
-                    "unit": ticket.unit,
-                    "units": units,
-                    "currency": ticket.currency,
-                    "amount": amount,
-                    "reservation_id": block.id if block is not None else None,
-                    "occurred_at": now,
-                    "day": now.date(),
-                },
+                request_id,
+                ticket.kind,
+                ticket.user_id,
+                ticket.api_key_id,
+                ticket.model_id,
+                ticket.version_id,
+                node_id,
+                ticket.unit,
+                units,
+                ticket.currency,
+                amount,
+                self.clock.now(),
                 block,
             )
         )
@@ -641,7 +678,6 @@ class UsageMeter:
         batch_id = uuid.uuid4()
         in_batch: dict[Block, int] = defaultdict(int)
         for e in events:
-            e.row["batch_id"] = batch_id
             if e.block is not None:
                 in_batch[e.block] += 1
         finalize: list[Block] = []
@@ -668,7 +704,7 @@ class UsageMeter:
 
     def _apply(self, batch: _Batch, result: _FlushResult) -> None:
         for e in batch.events:
-            self._buffered_ids.discard(e.row["request_id"])
+            self._buffered_ids.discard(e.request_id)
             if e.block is not None:
                 e.block.unflushed -= 1
         self._accounts.update(result.accounts)
@@ -693,31 +729,64 @@ class UsageMeter:
     def _write_batch(self, batch: _Batch) -> _FlushResult:
         with self.db.session() as s:
             inserted = self._insert_events(s, batch)
-            accounts: dict[str, uuid.UUID] = {}
-            operators: dict[uuid.UUID, uuid.UUID | None] = {}
+            look = _Lookups(self._accounts, self._operators)
             charges: dict[uuid.UUID, int] = {}
             specs: list[TransferSpec] = []
-            for block in batch.finalize:
-                charge, block_specs = self._settle_block(s, block, accounts, operators)
-                charges[block.id] = charge
-                specs.extend(block_specs)
+            if batch.finalize:
+                ids = [b.id for b in batch.finalize]
+                gone = _resolved(s, ids)
+                usage = _usage_of(s, [i for i in ids if i not in gone])
+                for block in batch.finalize:
+                    if block.id in gone:  # only if this process lost its owner lock meanwhile
+                        log.error("reservation %s was resolved by someone else (swept?)", block.id)
+                        continue
+                    per_node, charge = usage.get(block.id, ({}, 0))
+                    charges[block.id] = charge
+                    specs += _settlement_specs(
+                        s,
+                        self.settings,
+                        look,
+                        reservation_id=block.id,
+                        model_id=block.model_id,
+                        cur=block.currency,
+                        shares=block.shares,
+                        charge=charge,
+                        per_node=per_node,
+                    )
             if specs:
                 ledger.create_transfers(s, specs)
-            return _FlushResult(inserted, charges, accounts, operators)
+            return _FlushResult(inserted, charges, look.new_accounts, look.new_operators)
 
     def _insert_events(self, s: Session, batch: _Batch) -> set[str]:
+        """Insert the batch's events, skipping request ids already stored; the request ids of
+        the rows that are this batch's (inserted now, or by an earlier try of this batch)."""
         if not batch.events:
             return set()
-        table = UsageEvent.__table__
-        stmt = _insert(self.db.dialect)(table).on_conflict_do_nothing(index_elements=["request_id"])
-        rows = [e.row for e in batch.events]
-        result = s.execute(stmt, rows)
-        if result.rowcount == len(rows):  # type: ignore[attr-defined]
-            return {r["request_id"] for r in rows}  # the common case: no replay in the batch
+        dialect = self.db.engine.dialect
+        if dialect.name == "sqlite" or (
+            dialect.name == "postgresql" and dialect.driver == "psycopg"
+        ):
+            if self._encoder is None:
+                self._encoder = _Encoder(dialect)
+            if batch.rows is None:
+                batch.rows = self._encoder.rows(batch.id, batch.events)
+            if dialect.name == "sqlite":
+                count = s.connection().exec_driver_sql(_INSERT_SQLITE, batch.rows).rowcount
+            else:
+                count = _copy_events(s, batch.rows)
+        else:  # another driver: SQLAlchemy's own executemany of the plain values
+            stmt = _insert(dialect.name)(UsageEvent.__table__)
+            result = s.execute(
+                stmt.on_conflict_do_nothing(index_elements=["request_id"]),
+                _plain_rows(batch.id, batch.events),
+            )
+            count = result.rowcount  # type: ignore[attr-defined]
+        if count == len(batch.events):  # the common case: no replay in the batch
+            return {e.request_id for e in batch.events}
         inserted: set[str] = set()
         # Rows stored with this batch's id are ours (inserted just now, or by a previous
         # attempt of this very batch whose commit went through); the rest are replays.
-        missing = [r["request_id"] for r in rows]
+        missing = [e.request_id for e in batch.events]
         for i in range(0, len(missing), 500):
             inserted.update(
                 s.scalars(
@@ -729,172 +798,6 @@ class UsageMeter:
             )
         return inserted
 
-    def _account(
-        self,
-        s: Session,
-        new: dict[str, uuid.UUID],
-        code: str,
-        make: Callable[..., LedgerAccount],
-        *args: Any,
-    ) -> uuid.UUID:
-        """The id of the account ``code`` (cached once committed), made by ``make(s, *args)``."""
-        found = self._accounts.get(code) or new.get(code)
-        if found is None:
-            found = new[code] = make(s, *args).id
-        return found
-
-    def _settle_block(
-        self,
-        s: Session,
-        block: Block,
-        accounts: dict[str, uuid.UUID],
-        operators: dict[uuid.UUID, uuid.UUID | None],
-    ) -> tuple[int, list[TransferSpec]]:
-        """The linked transfers that settle ``block``: post what its stored events charged
-        (the rest of the reservation returns to the buyer), then pay the platform fee, the
-        node operators' compute share and the contributors from the hold account."""
-        per_node: dict[uuid.UUID | None, int] = {}
-        charge = 0
-        for node_id, units, amount in s.execute(
-            select(UsageEvent.node_id, func.sum(UsageEvent.units), func.sum(UsageEvent.amount))
-            .where(UsageEvent.reservation_id == block.id)
-            .group_by(UsageEvent.node_id)
-        ):
-            per_node[node_id] = int(units or 0)
-            charge += int(amount or 0)
-        return charge, self._charge_specs(
-            s,
-            block.id,
-            block.model_id,
-            block.currency,
-            block.shares,
-            charge,
-            per_node,
-            accounts,
-            operators,
-        )
-
-    def _charge_specs(
-        self,
-        s: Session,
-        reservation_id: uuid.UUID,
-        model_id: uuid.UUID,
-        cur: Currency,
-        shares: tuple[tuple[uuid.UUID, int], ...],
-        charge: int,
-        per_node: dict[uuid.UUID | None, int],
-        accounts: dict[str, uuid.UUID],
-        operators: dict[uuid.UUID, uuid.UUID | None],
-    ) -> list[TransferSpec]:
-        ref = f"model:{model_id}"
-        rid = reservation_id
-        if charge == 0:
-            return [
-                TransferSpec(
-                    id=_tid(rid, "void"),
-                    code="usage.release",
-                    kind="void",
-                    pending_id=rid,
-                    ref=ref,
-                )
-            ]
-        specs = [
-            TransferSpec(
-                id=_tid(rid, "post"),
-                code="usage.charge",
-                kind="post",
-                pending_id=rid,
-                amount=charge,
-                ref=ref,
-            )
-        ]
-        hold = self._account(
-            s, accounts, flows.platform_code(HOLD, cur), flows.platform_account, HOLD, cur
-        )
-        fee = bps_of(charge, self.settings.inference_platform_fee_bps)
-        compute_total = bps_of(charge, self.settings.compute_share_bps)
-        if fee + compute_total > charge:
-            raise ValueError("platform fee + compute share exceed 100%")
-        platform = fee
-        nodes = sorted(per_node, key=str)
-        unknown = [
-            n for n in nodes if n is not None and n not in self._operators and n not in operators
-        ]
-        if unknown:
-            found = dict(
-                s.execute(select(Node.id, Node.operator_id).where(Node.id.in_(unknown))).all()
-            )
-            for n in unknown:
-                operators[n] = found.get(n)  # an unknown node earns nothing: the platform's
-        if compute_total and sum(per_node.values()) > 0:
-            parts = allocate(compute_total, [per_node[n] for n in nodes])
-            for node, part in zip(nodes, parts, strict=True):
-                op = None
-                if node is not None:
-                    op = self._operators[node] if node in self._operators else operators.get(node)
-                if node is None or op is None:
-                    platform += part  # a cache hit (or an unknown node): the platform's share
-                elif part:
-                    specs.append(
-                        TransferSpec(
-                            id=_tid(rid, "compute", node),
-                            code="usage.compute",
-                            debit=hold,
-                            credit=self._account(
-                                s,
-                                accounts,
-                                flows.node_earnings_code(op, cur),
-                                flows.node_earnings_account,
-                                op,
-                                cur,
-                            ),
-                            amount=part,
-                            ref=f"node:{node}",
-                        )
-                    )
-        else:
-            platform += compute_total
-        if platform:
-            specs.append(
-                TransferSpec(
-                    id=_tid(rid, "fee"),
-                    code="usage.fee",
-                    debit=hold,
-                    credit=self._account(
-                        s,
-                        accounts,
-                        flows.platform_code("revenue", cur),
-                        flows.platform_account,
-                        "revenue",
-                        cur,
-                    ),
-                    amount=platform,
-                    ref=ref,
-                )
-            )
-        creators = charge - fee - compute_total
-        weights = [bps for _, bps in shares]
-        for (uid, _bps), part in zip(shares, allocate(creators, weights), strict=True):
-            if part:
-                specs.append(
-                    TransferSpec(
-                        id=_tid(rid, "share", uid),
-                        code="usage.share",
-                        debit=hold,
-                        credit=self._account(
-                            s,
-                            accounts,
-                            flows.earnings_code(uid, cur),
-                            flows.earnings_account,
-                            uid,
-                            cur,
-                        ),
-                        amount=part,
-                        ref=ref,
-                    )
-                )
-        return specs
-
     # ------------------------------------------------------------ introspection
 
     def reserved(self) -> dict[tuple[uuid.UUID, uuid.UUID], list[Block]]:
@@ -904,3 +807,677 @@ class UsageMeter:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+
+# ---------------------------------------------------------------- writing events
+
+EVENT_COLUMNS = (
+    "request_id",
+    "batch_id",
+    "kind",
+    "user_id",
+    "api_key_id",
+    "model_id",
+    "version_id",
+    "node_id",
+    "reservation_id",
+    "unit",
+    "units",
+    "currency",
+    "amount",
+    "occurred_at",
+    "day",
+    "id",
+    "created_at",
+)
+_COLS = ", ".join(EVENT_COLUMNS)
+_MARKS = ", ".join("?" for _ in EVENT_COLUMNS)
+_INSERT_SQLITE = (
+    f"INSERT INTO usage_events ({_COLS}) VALUES ({_MARKS})"  # noqa: S608 (constants)
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+# PostgreSQL: a binary COPY into a temp table of this session, then one INSERT .. SELECT
+_STAGE = "cyxwiz_usage_stage"
+_STAGE_DDL = f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE usage_events) ON COMMIT DELETE ROWS"
+_STAGE_COPY = f"COPY {_STAGE} ({_COLS}) FROM STDIN (FORMAT BINARY)"
+_STAGE_MOVE = (
+    f"WITH staged AS (DELETE FROM {_STAGE} RETURNING {_COLS})"  # noqa: S608 (constants)
+    f" INSERT INTO usage_events ({_COLS}) SELECT {_COLS} FROM staged"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+_PG_TYPES = {
+    "units": "int8",
+    "amount": "int8",
+    "occurred_at": "timestamptz",
+    "created_at": "timestamptz",
+    "day": "date",
+    **{c: "text" for c in ("request_id", "kind", "unit", "currency")},
+}
+_PG_COPY_TYPES = [_PG_TYPES.get(c, "uuid") for c in EVENT_COLUMNS]
+
+
+class _Encoder:
+    """Turns buffered events into row tuples (``EVENT_COLUMNS`` order) bound as the dialect
+    binds them. SQLAlchemy's per-value processing dominated the writer, so the common cases
+    take a shortcut that is checked at start-up against the dialect's own bind processors
+    (SQLite: 32-hex UUIDs and ``YYYY-MM-DD HH:MM:SS.ffffff`` UTC text; psycopg: native
+    values); anything else goes through the processors. Ids repeat across a batch (the same
+    caller, model, node, reservation), so each distinct combination is converted once."""
+
+    def __init__(self, dialect: Any) -> None:
+        c = UsageEvent.__table__.c
+
+        def conv(col: Any) -> Callable[[Any], Any]:
+            found = col.type.dialect_impl(dialect).bind_processor(dialect) if dialect else None
+            return found or (lambda v: v)
+
+        self.uuid, self.ts, self.day = conv(c.id), conv(c.occurred_at), conv(c.day)
+        at, some = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), uuid.UUID(int=2**127 + 12345)
+        zero = at.replace(microsecond=0)
+        self.hex = self.uuid(some) == some.hex  # SQLite: a UUID is its 32 hex digits
+        self.text_ts = (
+            all(self.ts(t) == _sqlite_ts(t) for t in (at, zero))
+            and self.day(at.date()) == _sqlite_ts(at)[:10]
+        )
+        self.native = (
+            not self.hex
+            and self.uuid(some) == some
+            and self.ts(at) == at
+            and self.day(at.date()) == at.date()
+        )
+
+    def rows(self, batch_id: uuid.UUID, events: list[_Event]) -> list[tuple[Any, ...]]:
+        to_uuid, fast_hex, text_ts, native = self.uuid, self.hex, self.text_ts, self.native
+
+        def u(v: uuid.UUID | None) -> Any:
+            return None if v is None else to_uuid(v)
+
+        ids: dict[tuple[int, ...], tuple[Any, ...]] = {}
+        bid = u(batch_id)
+        noise = bytearray(os.urandom(16 * len(events)))  # the rows' own ids, one syscall
+        for i in range(0, len(noise), 16):  # random UUIDs: version 4, RFC 4122 variant
+            noise[i + 6] = (noise[i + 6] & 0x0F) | 0x40
+            noise[i + 8] = (noise[i + 8] & 0x3F) | 0x80
+        rows: list[tuple[Any, ...]] = []
+        for i, e in enumerate(events):
+            block = e.block
+            key = (
+                id(e.user_id),
+                id(e.api_key_id),
+                id(e.model_id),
+                id(e.version_id),
+                id(e.node_id),
+                id(block),
+            )  # the events hold these objects for the batch's life: ids stay unique
+            conv = ids.get(key)
+            if conv is None:
+                conv = ids[key] = (
+                    u(e.user_id),
+                    u(e.api_key_id),
+                    u(e.model_id),
+                    u(e.version_id),
+                    u(e.node_id),
+                    u(block.id) if block is not None else None,
+                )
+            at = e.at if e.at.tzinfo is UTC else e.at.astimezone(UTC)
+            raw_id = bytes(noise[16 * i : 16 * i + 16])
+            if text_ts:
+                ts: Any = _sqlite_ts(at)
+                day: Any = ts[:10]
+            elif native:
+                ts, day = at, at.date()
+            else:
+                ts, day = self.ts(at), self.day(at.date())
+            row_id = raw_id.hex() if fast_hex else to_uuid(uuid.UUID(bytes=raw_id))
+            rows.append(
+                (
+                    e.request_id,
+                    bid,
+                    e.kind,
+                    *conv,
+                    e.unit,
+                    e.units,
+                    e.currency,
+                    e.amount,
+                    ts,
+                    day,
+                    row_id,
+                    ts,
+                )
+            )
+        return rows
+
+
+def _sqlite_ts(at: datetime) -> str:
+    """A UTC datetime as SQLAlchemy stores it in SQLite (checked in ``_Encoder``)."""
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _plain_rows(batch_id: uuid.UUID, events: list[_Event]) -> list[dict[str, Any]]:
+    """The events as plain Python values (for SQLAlchemy's own executemany)."""
+    return [
+        {
+            "request_id": e.request_id,
+            "batch_id": batch_id,
+            "kind": e.kind,
+            "user_id": e.user_id,
+            "api_key_id": e.api_key_id,
+            "model_id": e.model_id,
+            "version_id": e.version_id,
+            "node_id": e.node_id,
+            "reservation_id": e.block.id if e.block is not None else None,
+            "unit": e.unit,
+            "units": e.units,
+            "currency": e.currency,
+            "amount": e.amount,
+            "occurred_at": e.at,
+            "day": e.at.astimezone(UTC).date(),
+            "id": uuid.uuid4(),
+            "created_at": e.at,
+        }
+        for e in events
+    ]
+
+
+def _copy_events(s: Session, rows: list[tuple[Any, ...]]) -> int:
+    """PostgreSQL (psycopg): COPY the rows into the session's stage table and move them with
+    ``INSERT .. SELECT .. ON CONFLICT (request_id) DO NOTHING``; the number inserted."""
+    raw: Any = s.connection().connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute(_STAGE_DDL)
+        with cur.copy(_STAGE_COPY) as copy:
+            copy.set_types(_PG_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(_STAGE_MOVE)
+        return int(cur.rowcount)
+
+
+# ---------------------------------------------------------------- settling a reservation
+
+
+@dataclass
+class _Lookups:
+    """Account ids by code and node operators: ``accounts``/``operators`` are known to be
+    committed (the meter's caches, read only here); ``new_*`` are found in this transaction."""
+
+    accounts: dict[str, uuid.UUID]
+    operators: dict[uuid.UUID, uuid.UUID | None]
+    new_accounts: dict[str, uuid.UUID] = field(default_factory=dict)
+    new_operators: dict[uuid.UUID, uuid.UUID | None] = field(default_factory=dict)
+
+    def account(
+        self, s: Session, code: str, make: Callable[..., LedgerAccount], *args: Any
+    ) -> uuid.UUID:
+        found = self.accounts.get(code) or self.new_accounts.get(code)
+        if found is None:
+            found = self.new_accounts[code] = make(s, *args).id
+        return found
+
+    def operator(self, node: uuid.UUID) -> uuid.UUID | None:
+        if node in self.operators:
+            return self.operators[node]
+        return self.new_operators.get(node)
+
+    def load_operators(self, s: Session, nodes: list[uuid.UUID | None]) -> None:
+        unknown = [
+            n
+            for n in nodes
+            if n is not None and n not in self.operators and n not in self.new_operators
+        ]
+        if unknown:
+            found = dict(
+                s.execute(select(Node.id, Node.operator_id).where(Node.id.in_(unknown))).all()
+            )
+            for n in unknown:
+                self.new_operators[n] = found.get(n)  # an unknown node earns nothing
+
+
+def _resolved(s: Session, reservation_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these pending transfers were already posted or voided."""
+    T = LedgerTransfer
+    found: set[uuid.UUID] = set()
+    for i in range(0, len(reservation_ids), 500):
+        found.update(
+            pid
+            for pid in s.scalars(
+                select(T.pending_id).where(T.pending_id.in_(reservation_ids[i : i + 500]))
+            )
+            if pid is not None
+        )
+    return found
+
+
+def _usage_of(
+    s: Session, reservation_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[dict[uuid.UUID | None, int], int]]:
+    """Per reservation, from its stored usage events: units per node, and the charge."""
+    E = UsageEvent
+    out: dict[uuid.UUID, tuple[dict[uuid.UUID | None, int], int]] = {}
+    for i in range(0, len(reservation_ids), 500):
+        for rid, node_id, units, amount in s.execute(
+            select(E.reservation_id, E.node_id, func.sum(E.units), func.sum(E.amount))
+            .where(E.reservation_id.in_(reservation_ids[i : i + 500]))
+            .group_by(E.reservation_id, E.node_id)
+        ):
+            if rid is None:
+                continue
+            per_node, charge = out.get(rid, ({}, 0))
+            per_node[node_id] = int(units or 0)
+            out[rid] = (per_node, charge + int(amount or 0))
+    return out
+
+
+def _settlement_specs(
+    s: Session,
+    settings: Settings,
+    look: _Lookups,
+    *,
+    reservation_id: uuid.UUID,
+    model_id: uuid.UUID,
+    cur: Currency,
+    shares: tuple[tuple[uuid.UUID, int], ...],
+    charge: int,
+    per_node: dict[uuid.UUID | None, int],
+) -> list[TransferSpec]:
+    """The linked transfers that settle a reservation: post ``charge`` (what its stored events
+    charged; the rest returns to the buyer), or void it when nothing was used; then pay from
+    the hold account the platform fee, the nodes' compute share by units (cache hits and
+    unknown nodes: the platform's) and the contributors by ``share_bps``. Ids derive from the
+    reservation id, so whoever settles it (the meter, a sweeper) writes the same transfers."""
+    ref = f"model:{model_id}"
+    rid = reservation_id
+    if charge == 0:
+        return [
+            TransferSpec(
+                id=_tid(rid, "void"), code="usage.release", kind="void", pending_id=rid, ref=ref
+            )
+        ]
+    specs = [
+        TransferSpec(
+            id=_tid(rid, "post"),
+            code="usage.charge",
+            kind="post",
+            pending_id=rid,
+            amount=charge,
+            ref=ref,
+        )
+    ]
+    hold = look.account(s, flows.platform_code(HOLD, cur), flows.platform_account, HOLD, cur)
+    fee = bps_of(charge, settings.inference_platform_fee_bps)
+    compute_total = bps_of(charge, settings.compute_share_bps)
+    if fee + compute_total > charge:
+        raise ValueError("platform fee + compute share exceed 100%")
+    platform = fee
+    nodes = sorted(per_node, key=str)
+    look.load_operators(s, nodes)
+    if compute_total and sum(per_node.values()) > 0:
+        parts = allocate(compute_total, [per_node[n] for n in nodes])
+        for node, part in zip(nodes, parts, strict=True):
+            op = look.operator(node) if node is not None else None
+            if op is None:
+                platform += part  # a cache hit (or an unknown node): the platform's share
+            elif part:
+                specs.append(
+                    TransferSpec(
+                        id=_tid(rid, "compute", node),
+                        code="usage.compute",
+                        debit=hold,
+                        credit=look.account(
+                            s,
+                            flows.node_earnings_code(op, cur),
+                            flows.node_earnings_account,
+                            op,
+                            cur,
+                        ),
+                        amount=part,
+                        ref=f"node:{node}",
+                    )
+                )
+    else:
+        platform += compute_total
+    if platform:
+        specs.append(
+            TransferSpec(
+                id=_tid(rid, "fee"),
+                code="usage.fee",
+                debit=hold,
+                credit=look.account(
+                    s,
+                    flows.platform_code("revenue", cur),
+                    flows.platform_account,
+                    "revenue",
+                    cur,
+                ),
+                amount=platform,
+                ref=ref,
+            )
+        )
+    creators = charge - fee - compute_total
+    weights = [bps for _, bps in shares]
+    for (uid, _bps), part in zip(shares, allocate(creators, weights), strict=True):
+        if part:
+            specs.append(
+                TransferSpec(
+                    id=_tid(rid, "share", uid),
+                    code="usage.share",
+                    debit=hold,
+                    credit=look.account(
+                        s, flows.earnings_code(uid, cur), flows.earnings_account, uid, cur
+                    ),
+                    amount=part,
+                    ref=ref,
+                )
+            )
+    return specs
+
+
+def _shares_of(model: Model) -> tuple[tuple[uuid.UUID, int], ...]:
+    """Who shares a model's revenue: its contributors by ``share_bps``, else its owner."""
+    shares = tuple((c.user_id, c.share_bps) for c in model.contributors)
+    if not shares or sum(b for _, b in shares) <= 0:
+        shares = ((model.owner_id, BPS),)
+    return shares
+
+
+# ---------------------------------------------------------------- owners and the sweeper
+
+_LIVE_OWNERS: set[uuid.UUID] = set()  # meters of this process holding their owner lock
+
+
+def _lock_key(owner: uuid.UUID) -> int:
+    """The PostgreSQL advisory lock key (a signed 64-bit int) of a meter."""
+    return int.from_bytes(uuid.uuid5(OWNER_LOCK_NS, str(owner)).bytes[:8], "big", signed=True)
+
+
+def _lock_dir(db: Database) -> Path | None:
+    """Where SQLite meters keep their lock files: beside the database file (processes that
+    share a SQLite database share a host). None: PostgreSQL, or a database in memory."""
+    if db.dialect != "sqlite":
+        return None
+    name = db.engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    path = Path(name).resolve()
+    return path.with_name(f"{path.name}-meters")
+
+
+def _lock_file(directory: Path, owner: uuid.UUID) -> Path:
+    return directory / f"{owner}.lock"
+
+
+def _drop_owner(owner: uuid.UUID, handle: Any, path: Path | None) -> None:
+    """Release an owner lock: what the operating system does when the process dies. With
+    ``path`` (an orderly release) the lock file goes too; a dead meter's is left for the
+    sweeper, exactly as after a crash."""
+    _LIVE_OWNERS.discard(owner)
+    if isinstance(handle, int):
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.close(handle)
+    elif handle is not None:
+        with contextlib.suppress(Exception):
+            handle.close()
+
+
+class _OwnerLock:
+    """Held by a meter from its first reservation until it closes (or dies): a session
+    advisory lock on a PostgreSQL connection of its own, or an exclusive ``flock`` on
+    ``<database file>-meters/<owner>.lock``. Both vanish with the process."""
+
+    def __init__(self, db: Database, owner: uuid.UUID) -> None:
+        self.db = db
+        self.owner = owner
+        self._guard = threading.RLock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    def hold(self, meter: UsageMeter) -> None:
+        """Take the lock if not held (from a worker thread); released when ``meter`` is
+        garbage-collected without closing, as if its process had died."""
+        with self._guard:
+            if self._finalizer is not None and self._finalizer.alive:
+                if not self._lost():
+                    return
+                self._release()  # its connection died, the lock with it: take it anew
+            handle = self._acquire()
+            _LIVE_OWNERS.add(self.owner)
+            self._finalizer = weakref.finalize(meter, _drop_owner, self.owner, handle, None)
+
+    def _lost(self) -> bool:
+        """PostgreSQL: whether the lock's session is gone (a round trip on its connection,
+        once per reservation opened); a flock cannot be lost."""
+        found = self._finalizer.peek() if self._finalizer is not None else None
+        conn: Any = found[2][1] if found else None
+        if conn is None or isinstance(conn, int):
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+        except Exception:
+            return True
+        return False
+
+    def release(self) -> None:
+        with self._guard:
+            self._release()
+
+    def _release(self) -> None:
+        fin, self._finalizer = self._finalizer, None
+        detached = fin.detach() if fin is not None else None
+        if detached is None:
+            return
+        handle = detached[2][1]  # the args of _drop_owner(owner, handle, path)
+        directory = _lock_dir(self.db)
+        path = _lock_file(directory, self.owner) if directory is not None else None
+        _drop_owner(self.owner, handle, path)
+
+    def _acquire(self) -> Any:
+        if self.db.dialect == "postgresql":
+            # a DBAPI connection of its own, outside the pool: it lives exactly as long as
+            # the lock is held, and its session ending (process death) releases the lock
+            dialect = self.db.engine.dialect
+            cargs, cparams = dialect.create_connect_args(self.db.engine.url)
+            conn: Any = dialect.connect(*cargs, **cparams)
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(self.owner),))
+                    row = cur.fetchone()
+                if not row or not row[0]:
+                    raise RuntimeError(f"metering owner lock {self.owner} is taken")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        directory = _lock_dir(self.db)
+        if directory is None:
+            return None  # an in-memory database: no other process can see it
+        directory.mkdir(parents=True, exist_ok=True)
+        path = _lock_file(directory, self.owner)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except (BlockingIOError, FileNotFoundError):
+                pass  # a sweeper is removing a stale file of the same name: never ours
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _claim_file(db: Database, owner: uuid.UUID) -> Iterator[bool]:
+    """SQLite: True (and the owner's lock held until the block ends, then its file removed)
+    when no live process holds ``owner``'s lock file."""
+    directory = _lock_dir(db)
+    if directory is None:
+        yield True
+        return
+    path = _lock_file(directory, owner)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield True  # never created, or removed: that meter is gone
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False  # its process is alive
+            return
+        yield True
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _claim_pg(s: Session, owner: uuid.UUID) -> bool:
+    """PostgreSQL: True, and the owner's advisory lock held until this transaction ends, when
+    no live meter (nor another sweeper) holds it."""
+    return bool(s.scalar(select(func.pg_try_advisory_xact_lock(_lock_key(owner)))))
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did: reservations settled from their stored events or released whole,
+    what was charged, and how many were left (owner alive, or swept by another sweeper)."""
+
+    settled: int = 0
+    released: int = 0
+    charged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    skipped: int = 0
+
+    @property
+    def swept(self) -> int:
+        return self.settled + self.released
+
+
+def _owner_of(meta: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(meta["owner"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # a reservation made before reservations named their meter
+
+
+def sweep_reservations(
+    db: Database, settings: Settings, *, now: datetime | None = None, limit: int = 1000
+) -> SweepReport:
+    """Settle metering reservations that a dead process left pending: every reservation
+    pending longer than ``metering_reservation_timeout_seconds`` whose meter no longer holds
+    its owner lock is posted for the sum of its stored usage events (split exactly as the
+    meter would, with the same transfer ids) or voided when none were stored. Exactly once,
+    also with several sweepers at once (the owner lock is claimed per transaction, and the
+    ledger's ids and unique ``pending_id`` make any repeat a no-op). Up to ``limit`` per call.
+    """
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=settings.metering_reservation_timeout_seconds)
+    T, R = LedgerTransfer, aliased(LedgerTransfer)
+    with db.session() as s:
+        found = s.execute(
+            select(T.id, T.meta)
+            .where(
+                T.code == RESERVE_CODE,
+                T.kind == "pending",
+                T.created_at <= cutoff,
+                ~exists().where(R.pending_id == T.id),
+            )
+            .order_by(T.created_at, T.id)
+            .limit(limit)
+        ).all()
+    owners: dict[uuid.UUID | None, list[uuid.UUID]] = defaultdict(list)
+    for rid, meta in found:
+        owners[_owner_of(meta)].append(rid)
+    report = SweepReport()
+    for owner, rids in owners.items():
+        if owner is not None and owner in _LIVE_OWNERS:
+            report.skipped += len(rids)  # a meter of this very process
+            continue
+        with contextlib.ExitStack() as stack:
+            if owner is not None and not stack.enter_context(_claim_file(db, owner)):
+                report.skipped += len(rids)
+                continue
+            with db.session() as s:
+                if owner is not None and db.dialect == "postgresql" and not _claim_pg(s, owner):
+                    report.skipped += len(rids)
+                    continue
+                _sweep(s, settings, rids, report)
+    if found:
+        log.info(
+            "swept %d reservations (%d settled, %d released), %d left to live owners",
+            report.swept,
+            report.settled,
+            report.released,
+            report.skipped,
+        )
+    return report
+
+
+def _sweep(s: Session, settings: Settings, rids: list[uuid.UUID], report: SweepReport) -> None:
+    """Settle the still-unresolved reservations among ``rids`` (their owner is claimed)."""
+    T = LedgerTransfer
+    gone = _resolved(s, rids)
+    pending = [
+        p
+        for p in s.scalars(select(T).where(T.id.in_(rids), T.kind == "pending"))
+        if p.id not in gone
+    ]
+    report.skipped += len(rids) - len(pending)
+    usage = _usage_of(s, [p.id for p in pending])
+    look = _Lookups({}, {})
+    for p in sorted(pending, key=lambda p: (p.created_at, str(p.id))):
+        per_node, charge = usage.get(p.id, ({}, 0))
+        try:
+            model_id = uuid.UUID((p.ref or "").removeprefix("model:"))
+            shares = _reservation_shares(s, p.meta, model_id)
+            if charge > p.amount:
+                raise ValueError(f"its events charged {charge} > reserved {p.amount}")
+            specs = _settlement_specs(
+                s,
+                settings,
+                look,
+                reservation_id=p.id,
+                model_id=model_id,
+                cur=Currency(p.currency),
+                shares=shares,
+                charge=charge,
+                per_node=per_node,
+            )
+            ledger.create_transfers(s, specs)
+        except (DomainError, ValueError) as exc:
+            log.error("cannot sweep reservation %s: %s", p.id, exc)
+            report.skipped += 1
+            continue
+        if charge:
+            report.settled += 1
+            report.charged[p.currency] += charge
+        else:
+            report.released += 1
+
+
+def _reservation_shares(
+    s: Session, meta: Any, model_id: uuid.UUID
+) -> tuple[tuple[uuid.UUID, int], ...]:
+    """The revenue shares frozen on the reservation when it was opened (older reservations:
+    the model's current contributors)."""
+    frozen = (meta or {}).get("shares") if isinstance(meta, dict) else None
+    if frozen:
+        return tuple((uuid.UUID(str(uid)), int(bps)) for uid, bps in frozen)
+    model = s.get(Model, model_id)
+    if model is None:
+        raise ValueError(f"model {model_id} is gone and the reservation names no shares")
+    return _shares_of(model)
+
+
+async def sweep_reservations_forever(db: Database, settings: Settings) -> None:
+    """The scheduler's job: :func:`sweep_reservations` every
+    ``metering_sweep_interval_seconds`` (errors are logged; the next tick retries)."""
+    while True:
+        try:
+            while (await anyio.to_thread.run_sync(sweep_reservations, db, settings)).swept:
+                pass  # more than one page of orphans: keep going
+        except Exception:
+            log.exception("metering reservation sweep failed")
+        await asyncio.sleep(settings.metering_sweep_interval_seconds)

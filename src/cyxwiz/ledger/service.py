@@ -14,12 +14,15 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, cast
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
+from cyxwiz.db import utcnow
 from cyxwiz.errors import Conflict, DomainError, InvalidInput, NotFound
 from cyxwiz.ledger.models import LedgerAccount, LedgerTransfer
 from cyxwiz.money import Currency, format_amount
@@ -156,23 +159,71 @@ def balance_of_code(session: Session, code: str, currency: Currency) -> Balance:
 
 # ---------------------------------------------------------------- transfers
 
+_TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+_ACCOUNT_COLUMNS = (
+    "id",
+    "currency",
+    "debits_must_not_exceed_credits",
+    "credits_must_not_exceed_debits",
+    *_TOTALS,
+)
+_ATTEMPTS = 3  # a linked set that lost a race (a row inserted meanwhile) is re-evaluated
+
+
+class _Lost(Exception):
+    """Internal: another transaction wrote one of our rows meanwhile; re-read and retry."""
+
+
+@dataclass
+class _Account:
+    """An account's row as read (and, on PostgreSQL, locked) for one linked set."""
+
+    id: uuid.UUID
+    currency: str
+    no_overdraft: bool  # debits_must_not_exceed_credits
+    no_overcredit: bool  # credits_must_not_exceed_debits
+    read: tuple[int, int, int, int]  # the four totals as read, in _TOTALS order
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+
+    @property
+    def changed(self) -> bool:
+        return self.totals != self.read
+
+    @property
+    def totals(self) -> tuple[int, int, int, int]:
+        return (self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted)
+
 
 def create_transfers(session: Session, specs: list[TransferSpec]) -> list[LedgerTransfer]:
-    """Apply ``specs`` as one linked set: every one succeeds (or already existed) or none."""
-    with session.begin_nested():
-        lock_accounts(session, _accounts_of(session, specs))
-        return [_apply(session, spec) for spec in specs]
+    """Apply ``specs`` as one linked set: every one succeeds (or already existed) or none.
+
+    One SAVEPOINT and a handful of statements whatever the number of transfers: the
+    referenced pending transfers and the transfers that already exist are read at once, the
+    accounts are locked and read in the global order (:func:`lock_accounts`), every transfer
+    is checked in order against those values (limits counting pending debits, exactly as one
+    UPDATE per transfer would), then all new rows are inserted in one statement and each
+    account's totals are written with a compare-and-set UPDATE (``WHERE`` the totals still
+    equal what the limits were checked against).
+    """
+    if not specs:
+        return []
+    session.flush()  # pending ORM changes (e.g. a new account) go first
+    for attempt in range(_ATTEMPTS):
+        try:
+            with session.begin_nested():
+                return _create(session, specs, lookup=attempt > 0)
+        except _Lost:
+            continue
+    raise Conflict(
+        "the transfers conflicted with concurrent writes; retry", code="transfer_conflict"
+    )
 
 
-def _accounts_of(session: Session, specs: list[TransferSpec]) -> set[uuid.UUID]:
-    ids: set[uuid.UUID] = set()
-    for spec in specs:
-        if spec.pending_id is not None:
-            pending = session.get(LedgerTransfer, spec.pending_id)
-            if pending is not None:
-                ids.update((pending.debit_account_id, pending.credit_account_id))
-        ids.update(a for a in (spec.debit, spec.credit) if a is not None)
-    return ids
+def create_transfer(session: Session, spec: TransferSpec) -> LedgerTransfer:
+    return create_transfers(session, [spec])[0]
 
 
 def lock_accounts(session: Session, ids: set[uuid.UUID]) -> None:
@@ -181,16 +232,48 @@ def lock_accounts(session: Session, ids: set[uuid.UUID]) -> None:
     A no-op on SQLite, whose single writer already serializes transactions."""
     if not ids or session.get_bind().dialect.name == "sqlite":
         return
-    session.execute(
-        select(LedgerAccount.id)
-        .where(LedgerAccount.id.in_(ids))
-        .order_by(case((LedgerAccount.kind.like("platform_%"), 0), else_=1), LedgerAccount.id)
-        .with_for_update()
-    ).all()
+    session.execute(_ACCOUNTS_LOCKED, {"ids": list(ids)}).all()
 
 
-def create_transfer(session: Session, spec: TransferSpec) -> LedgerTransfer:
-    return create_transfers(session, [spec])[0]
+# Statements built once (building and cache-keying them per call cost more than running them)
+_A = cast(Table, LedgerAccount.__table__)
+_ACCOUNTS = select(*(_A.c[c] for c in _ACCOUNT_COLUMNS)).where(
+    _A.c.id.in_(bindparam("ids", expanding=True))
+)
+_ACCOUNTS_LOCKED = (
+    _ACCOUNTS.order_by(case((_A.c.kind.like("platform_%"), 0), else_=1), _A.c.id)
+).with_for_update()
+_CAS = (
+    update(_A)
+    .where(_A.c.id == bindparam("_id"), *(_A.c[t] == bindparam(f"_old_{t}") for t in _TOTALS))
+    .values({t: bindparam(f"_new_{t}") for t in _TOTALS})
+)
+_T = LedgerTransfer
+_KNOWN = select(_T).where(_T.id.in_(bindparam("ids", expanding=True)))
+_KNOWN_AND_RESOLVED = select(_T).where(
+    or_(
+        _T.id.in_(bindparam("ids", expanding=True)),
+        _T.pending_id.in_(bindparam("pids", expanding=True)),
+    )
+)
+
+
+def _read_accounts(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, _Account]:
+    if not ids:
+        return {}
+    lock = session.get_bind().dialect.name != "sqlite"
+    found: dict[uuid.UUID, _Account] = {}
+    for row in session.execute(_ACCOUNTS_LOCKED if lock else _ACCOUNTS, {"ids": list(ids)}):
+        totals = (row.debits_pending, row.debits_posted, row.credits_pending, row.credits_posted)
+        found[row.id] = _Account(
+            row.id,
+            row.currency,
+            bool(row.debits_must_not_exceed_credits),
+            bool(row.credits_must_not_exceed_debits),
+            totals,
+            *totals,
+        )
+    return found
 
 
 def _same(existing: LedgerTransfer, row: LedgerTransfer) -> bool:
@@ -205,37 +288,70 @@ def _same(existing: LedgerTransfer, row: LedgerTransfer) -> bool:
     )
 
 
-def _apply(session: Session, spec: TransferSpec) -> LedgerTransfer:
-    row = _build(session, spec)
-    existing = session.get(LedgerTransfer, spec.id)
-    if existing is not None:
-        if _same(existing, row):
-            return existing
-        raise TransferExists(f"transfer {spec.id} exists with different fields")
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except DBIntegrityError:
-        existing = session.get(LedgerTransfer, spec.id, populate_existing=True)
+def _create(session: Session, specs: list[TransferSpec], *, lookup: bool) -> list[LedgerTransfer]:
+    T = LedgerTransfer
+    pending_ids = {s.pending_id for s in specs if s.kind in ("post", "void") and s.pending_id}
+    known: dict[uuid.UUID, LedgerTransfer] = {}  # existing rows: our ids and their pendings
+    resolved: dict[uuid.UUID, uuid.UUID] = {}  # pending id -> the transfer that resolved it
+    for spec in specs:  # ids this session already holds (a retry in the same transaction)
+        held = session.identity_map.get(identity_key(T, spec.id))
+        if isinstance(held, T):
+            known[held.id] = held
+    if pending_ids or lookup:
+        ids = list(pending_ids | {s.id for s in specs})
+        query, params = (
+            (_KNOWN_AND_RESOLVED, {"ids": ids, "pids": list(pending_ids)})
+            if pending_ids
+            else (_KNOWN, {"ids": ids})
+        )
+        for row in session.scalars(query, params):
+            known[row.id] = row
+            if row.pending_id is not None:
+                resolved[row.pending_id] = row.id
+    account_ids: set[uuid.UUID] = set()
+    for spec in specs:
+        account_ids.update(a for a in (spec.debit, spec.credit) if a is not None)
+        pending = known.get(spec.pending_id) if spec.pending_id is not None else None
+        if pending is not None:
+            account_ids.update((pending.debit_account_id, pending.credit_account_id))
+    accounts = _read_accounts(session, account_ids)
+
+    out: list[LedgerTransfer] = []
+    new: dict[uuid.UUID, LedgerTransfer] = {}
+    now = utcnow()
+    for spec in specs:
+        row = _build(spec, known, new, accounts, now)
+        existing = new.get(spec.id) or known.get(spec.id)
         if existing is not None:
             if _same(existing, row):
-                return existing
-            raise TransferExists(f"transfer {spec.id} exists with different fields") from None
-        if spec.pending_id is not None:
-            raise PendingResolved(
-                f"pending transfer {spec.pending_id} was already resolved"
-            ) from None
-        raise
-    _move(session, row, spec)
-    return row
+                out.append(existing)
+                continue
+            raise TransferExists(f"transfer {spec.id} exists with different fields")
+        if row.pending_id is not None and row.pending_id in resolved:
+            raise PendingResolved(f"pending transfer {row.pending_id} was already resolved")
+        pending = None
+        if row.pending_id is not None:
+            pending = known.get(row.pending_id) or new.get(row.pending_id)
+            resolved[row.pending_id] = row.id
+        _move(accounts, row, pending)
+        new[row.id] = row
+        out.append(row)
+    if new:
+        _write(session, list(new.values()), [a for a in accounts.values() if a.changed])
+    return out
 
 
-def _build(session: Session, spec: TransferSpec) -> LedgerTransfer:
+def _build(
+    spec: TransferSpec,
+    known: dict[uuid.UUID, LedgerTransfer],
+    new: dict[uuid.UUID, LedgerTransfer],
+    accounts: dict[uuid.UUID, _Account],
+    now: datetime,
+) -> LedgerTransfer:
     if spec.kind in ("post", "void"):
         if spec.pending_id is None:
             raise InvalidInput(f"a {spec.kind} transfer needs pending_id")
-        pending = session.get(LedgerTransfer, spec.pending_id)
+        pending = new.get(spec.pending_id) or known.get(spec.pending_id)
         if pending is None or pending.kind != "pending":
             raise NotFound(
                 f"no pending transfer {spec.pending_id}", code="pending_transfer_not_found"
@@ -248,6 +364,7 @@ def _build(session: Session, spec: TransferSpec) -> LedgerTransfer:
             )
         return LedgerTransfer(
             id=spec.id,
+            created_at=now,
             debit_account_id=pending.debit_account_id,
             credit_account_id=pending.credit_account_id,
             amount=amount,
@@ -258,94 +375,84 @@ def _build(session: Session, spec: TransferSpec) -> LedgerTransfer:
             ref=spec.ref,
             meta=spec.meta,
         )
+    if spec.kind not in ("posted", "pending"):
+        raise InvalidInput(f"unknown transfer kind {spec.kind!r}")
     if spec.debit is None or spec.credit is None or spec.amount is None:
         raise InvalidInput("a transfer needs debit, credit and amount")
     if spec.amount < 0:
         raise InvalidInput("amount must not be negative", code="invalid_amount")
     if spec.debit == spec.credit:
         raise InvalidInput("debit and credit accounts must differ")
-    accts = {
-        a.id: a
-        for a in session.scalars(
-            select(LedgerAccount).where(LedgerAccount.id.in_([spec.debit, spec.credit]))
-        )
-    }
-    if len(accts) != 2:
+    debit, credit = accounts.get(spec.debit), accounts.get(spec.credit)
+    if debit is None or credit is None:
         raise NotFound("ledger account not found", code="account_not_found")
-    if accts[spec.debit].currency != accts[spec.credit].currency:
+    if debit.currency != credit.currency:
         raise InvalidInput("accounts have different currencies", code="currency_mismatch")
     return LedgerTransfer(
         id=spec.id,
+        created_at=now,
         debit_account_id=spec.debit,
         credit_account_id=spec.credit,
         amount=spec.amount,
-        currency=accts[spec.debit].currency,
+        currency=debit.currency,
         kind=spec.kind,
+        pending_id=None,
         code=spec.code,
         ref=spec.ref,
         meta=spec.meta,
     )
 
 
-def _move(session: Session, row: LedgerTransfer, spec: TransferSpec) -> None:
-    """Update both balances in account-id order (consistent lock order avoids deadlocks)."""
-    amt = row.amount
-    pending_amt = 0
-    if row.kind in ("post", "void"):
-        pending = session.get(LedgerTransfer, row.pending_id)
-        assert pending is not None
-        pending_amt = pending.amount
-    sides = sorted(
-        [("debit", row.debit_account_id), ("credit", row.credit_account_id)],
-        key=lambda s: str(s[1]),
-    )
-    for side, acct_id in sides:
-        _update_side(session, side, acct_id, row.kind, amt, pending_amt, row.currency)
-
-
-def _update_side(
-    session: Session,
-    side: str,
-    acct_id: uuid.UUID,
-    kind: str,
-    amt: int,
-    pending_amt: int,
-    currency: str,
+def _move(
+    accounts: dict[uuid.UUID, _Account], row: LedgerTransfer, pending: LedgerTransfer | None
 ) -> None:
-    A = LedgerAccount
-    if side == "debit":
-        pending_col, posted_col = A.debits_pending, A.debits_posted
-        limit = or_(
-            A.debits_must_not_exceed_credits.is_(False),
-            A.debits_posted + A.debits_pending + amt <= A.credits_posted,
-        )
-    else:
-        pending_col, posted_col = A.credits_pending, A.credits_posted
-        limit = or_(
-            A.credits_must_not_exceed_debits.is_(False),
-            A.credits_posted + A.credits_pending + amt <= A.debits_posted,
-        )
-    values: dict[Any, Any]
-    cond: Any = A.id == acct_id
-    if kind == "posted":
-        values = {posted_col: posted_col + amt}
-        cond = and_(cond, limit)
-    elif kind == "pending":
-        values = {pending_col: pending_col + amt}
-        cond = and_(cond, limit)
-    elif kind == "post":
-        values = {pending_col: pending_col - pending_amt, posted_col: posted_col + amt}
-    else:  # void
-        values = {pending_col: pending_col - pending_amt}
-    result = session.execute(
-        update(A).where(cond).values(values).execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise InsufficientFunds(
-            f"the balance does not cover {format_amount(amt, currency)}"
-            if side == "debit"
-            else "the receiving account's limit does not allow this transfer"
-        )
+    """Move ``row`` on the in-memory totals, checking each side's limit first (counting
+    pending debits) exactly as the limit-checked UPDATE of one transfer would."""
+    amt = row.amount
+    debit, credit = accounts[row.debit_account_id], accounts[row.credit_account_id]
+    if row.kind == "posted" or row.kind == "pending":
+        if (
+            debit.no_overdraft
+            and debit.debits_posted + debit.debits_pending + amt > debit.credits_posted
+        ):
+            raise InsufficientFunds(
+                f"the balance does not cover {format_amount(amt, row.currency)}"
+            )
+        if (
+            credit.no_overcredit
+            and credit.credits_posted + credit.credits_pending + amt > credit.debits_posted
+        ):
+            raise InsufficientFunds("the receiving account's limit does not allow this transfer")
+        if row.kind == "posted":
+            debit.debits_posted += amt
+            credit.credits_posted += amt
+        else:
+            debit.debits_pending += amt
+            credit.credits_pending += amt
+        return
+    assert pending is not None
+    debit.debits_pending -= pending.amount
+    credit.credits_pending -= pending.amount
+    if row.kind == "post":
+        debit.debits_posted += amt
+        credit.credits_posted += amt
+
+
+def _write(session: Session, rows: list[LedgerTransfer], accounts: list[_Account]) -> None:
+    """Insert the new transfers in one flush (one that exists meanwhile: :class:`_Lost`), then
+    write each changed account's totals if they are still what was read (else :class:`_Lost`).
+    """
+    session.add_all(rows)
+    try:
+        session.flush()
+    except DBIntegrityError:  # a concurrent writer inserted one of these ids, or resolved
+        raise _Lost from None  # one of these pending transfers: re-read and decide again
+    for a in sorted(accounts, key=lambda a: str(a.id)):
+        params: dict[str, Any] = {"_id": a.id}
+        for t, old, new in zip(_TOTALS, a.read, a.totals, strict=True):
+            params[f"_old_{t}"], params[f"_new_{t}"] = old, new
+        if session.execute(_CAS, params).rowcount != 1:  # type: ignore[attr-defined]
+            raise _Lost  # changed since read: impossible under the lock, but never unchecked
 
 
 def transfers_for_accounts(

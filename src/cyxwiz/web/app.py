@@ -12,28 +12,56 @@ from pathlib import Path
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cyxwiz import __version__
+from cyxwiz.chain.interfaces import Chain
 from cyxwiz.clock import Clock, SystemClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.inference.gateway import Gateway
 from cyxwiz.inference.interfaces import Meter
+from cyxwiz.inference.metering import sweep_reservations_forever
 from cyxwiz.licensing.keys import LicenseSigner
+from cyxwiz.provenance.loop import attestation_loop
 from cyxwiz.storage import BlobStore, blob_store_from_settings
 from cyxwiz.web import problems
+from cyxwiz.web.api import chain_rpc as chain_rpc_api
 from cyxwiz.web.api.v1 import auth as auth_api
 from cyxwiz.web.api.v1 import billing as billing_api
 from cyxwiz.web.api.v1 import catalog as catalog_api
 from cyxwiz.web.api.v1 import inference as inference_api
 from cyxwiz.web.api.v1 import nodes as nodes_api
+from cyxwiz.web.api.v1 import provenance as provenance_api
+from cyxwiz.web.api.v1 import settlement as settlement_api
 from cyxwiz.web.api.v1 import usage as usage_api
+from cyxwiz.web.api.v1 import wallets as wallets_api
 from cyxwiz.web.deps import AppContext
 from cyxwiz.web.middleware import BodyLimitMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("cyxwiz.web")
+
+
+class CyxwizApp(FastAPI):
+    """The FastAPI app whose ASGI entry first offers each request to ``entry`` (the inference
+    hot path, ``inference_api.InferenceFastPath``), which serves the infer routes itself and
+    hands everything else to FastAPI — so those calls skip FastAPI's and Starlette's layers
+    (telemetry check, ServerErrorMiddleware, the middleware stack, routing). The routes stay
+    declared on the app (OpenAPI, and served by FastAPI when the fast path is off)."""
+
+    entry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        entry = self.entry
+        if entry is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await entry(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own ASGI entry (what ``entry`` passes everything else to)."""
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -44,6 +72,7 @@ def create_app(
     clock: Clock | None = None,
     run_scheduler: bool = False,
     meter: Meter | None = None,
+    chain: Chain | None = None,
 ) -> FastAPI:
     """Build the app for ``settings``; tests pass their own database, blob store and clock.
 
@@ -58,6 +87,9 @@ def create_app(
             [
                 asyncio.create_task(_release_loop(ctx)),
                 asyncio.create_task(_eviction_loop(ctx)),
+                asyncio.create_task(_settlement_loop(ctx)),
+                asyncio.create_task(attestation_loop(ctx)),
+                asyncio.create_task(sweep_reservations_forever(ctx.db, ctx.settings)),
             ]
             if run_scheduler
             else []
@@ -73,8 +105,9 @@ def create_app(
                     await task
             if ctx.gateway is not None:
                 await ctx.gateway.close()
+            ctx.close_chain()
 
-    app = FastAPI(
+    app = CyxwizApp(
         lifespan=lifespan,
         title="CyxWiz Model Marketplace API",
         version=__version__,
@@ -92,6 +125,7 @@ def create_app(
         blobs=blobs or blob_store_from_settings(settings),
         clock=clock or SystemClock(),
         signer=LicenseSigner(settings.master_keys),
+        chain_factory=(lambda: chain) if chain is not None else None,
     )
     ctx: AppContext = app.state.ctx
     ctx.gateway = Gateway(
@@ -109,6 +143,10 @@ def create_app(
     app.include_router(billing_api.router, prefix=api)
     app.include_router(nodes_api.router, prefix=api)
     app.include_router(usage_api.router, prefix=api)
+    app.include_router(provenance_api.router, prefix=api)
+    app.include_router(wallets_api.router, prefix=api)
+    app.include_router(settlement_api.router, prefix=api)
+    app.include_router(chain_rpc_api.router)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
@@ -130,8 +168,8 @@ def create_app(
         return settings.max_json_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
-    # Outermost: the infer routes' hot path skips the framework (see web/api/v1/inference.py).
-    app.add_middleware(inference_api.InferenceFastPath, gateway=lambda: ctx.gateway)
+    if settings.inference_fast_path:  # the infer routes' hot path, before the whole framework
+        app.entry = inference_api.InferenceFastPath(app.framework, gateway=lambda: ctx.gateway)
     return app
 
 
@@ -153,6 +191,35 @@ async def _eviction_loop(ctx: AppContext) -> None:
         except Exception:  # keep the loop alive; the job is idempotent
             log.exception("node eviction failed")
         await asyncio.sleep(ctx.settings.eviction_interval_seconds)
+
+
+async def _settlement_loop(ctx: AppContext) -> None:
+    """Credit deposits, send and confirm payouts, queue weekly payouts — every
+    ``chain_watch_interval_seconds`` (docs/chain.md). Each step is idempotent."""
+    from cyxwiz.billing.deposits import watch_once
+    from cyxwiz.billing.payouts import process_payouts, schedule_weekly
+
+    last_weekly = 0.0
+
+    def tick() -> None:
+        nonlocal last_weekly
+        s, chain, now = ctx.settings, ctx.chain, ctx.clock.now()
+        credited = watch_once(ctx.db, settings=s, chain=chain, now=now)
+        if credited:
+            log.info("deposits: %d transactions credited", credited)
+        counts = process_payouts(ctx.db, settings=s, chain=chain, now=now)
+        if any(counts.values()):
+            log.info("payouts: %s", counts)
+        if now.timestamp() - last_weekly >= 3600:
+            last_weekly = now.timestamp()
+            schedule_weekly(ctx.db, settings=s, now=now)
+
+    while True:
+        try:
+            await anyio.to_thread.run_sync(tick)
+        except Exception:  # keep the loop alive; the next tick retries
+            log.exception("settlement pass failed")
+        await asyncio.sleep(ctx.settings.chain_watch_interval_seconds)
 
 
 async def _release_loop(ctx: AppContext) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
 from cyxwiz.accounts.service import Principal, resolve_bearer
+from cyxwiz.chain.interfaces import Chain
 from cyxwiz.clock import Clock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
@@ -34,6 +36,30 @@ class AppContext:
     clock: Clock
     signer: LicenseSigner
     gateway: Gateway | None = None  # the inference gateway (web/api/v1/inference.py)
+    chain_factory: Callable[[], Chain] | None = None
+    _chain: Chain | None = field(default=None, repr=False)
+    _chain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    owns_chain: bool = False
+
+    @property
+    def chain(self) -> Chain:
+        """The settlement chain, opened on first use (the local one is owned by one process)."""
+        if self._chain is None:
+            with self._chain_lock:
+                if self._chain is None:
+                    if self.chain_factory is None:
+                        from cyxwiz.chain.factory import open_chain
+
+                        self._chain = open_chain(self.settings)
+                        self.owns_chain = True
+                    else:
+                        self._chain = self.chain_factory()
+        return self._chain
+
+    def close_chain(self) -> None:
+        if self._chain is not None and self.owns_chain:
+            self._chain.close()
+            self._chain = None
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -55,7 +81,12 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_chain(request: Request) -> Chain:
+    return get_ctx(request).chain
+
+
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
+ChainDep = Annotated[Chain, Depends(get_chain)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 BlobStoreDep = Annotated[BlobStore, Depends(get_blobs)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -55,14 +55,16 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
+    detail = f"request body is larger than the {limit} byte limit"
     body = json.dumps(
         {
             "type": "https://cyxwiz.dev/problems/payload_too_large",
             "title": "Payload too large",
             "status": 413,
-            "detail": f"request body is larger than the {limit} byte limit",
+            "detail": detail,
             "code": "payload_too_large",
             "instance": scope.get("path", ""),
+            "error": detail,  # as every inference error: what OIP clients (tritonclient) show
         }
     ).encode()
     await send(

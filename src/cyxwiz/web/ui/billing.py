@@ -1,5 +1,6 @@
 """The money pages of the web UI: buying a license (confirm page), the buyer's library (license
-keys, downloads, refunds, wallet and dev test funds) and the creator's earnings.
+keys, downloads, refunds and balance) and the creator's earnings. Money comes in through
+deposits (``settlement.py``: Solana Pay, and test tokens from the dev chain's faucet).
 
 Like the rest of the UI these pages parse a form, call a billing or licensing flow and render;
 the rules (prices, fees, refund windows, entitlements) live in the flows. Every money-moving
@@ -26,6 +27,7 @@ from cyxwiz.billing import flows
 from cyxwiz.billing.models import Purchase
 from cyxwiz.catalog import service as catalog
 from cyxwiz.catalog.models import Model, ModelVersion
+from cyxwiz.config import ChainBackend, Settings
 from cyxwiz.errors import DomainError, InvalidInput, NotFound
 from cyxwiz.ledger.models import LedgerTransfer
 from cyxwiz.licensing import service as licensing
@@ -40,7 +42,6 @@ from cyxwiz.web.ui.forms import (
     UiViewer,
     field,
     login_redirect,
-    safe_next,
     see_other,
 )
 from cyxwiz.web.ui.render import page, set_flash
@@ -48,11 +49,21 @@ from cyxwiz.web.ui.render import page, set_flash
 router = APIRouter()
 
 MAX_PRICE = 10**13  # the offers schema's upper bound (10 million USDC)
-FAUCET_STEP = "100"  # what one "Add test funds" button adds, in whole units
 TRANSFERS_PER_PAGE = 20
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _TRANSFER_LABELS: dict[str, str] = {
     "faucet": "Test funds added",
+    "deposit": "Deposit",
+    "deposit.post": "Deposit confirmed",
+    "payout.out": "Payout",
+    "payout.buy": "Payout in CYX",
+    "payout.fee": "Instant payout fee",
+    "payout.out.post": "Payout sent",
+    "payout.buy.post": "Payout in CYX sent",
+    "payout.fee.post": "Instant payout fee",
+    "payout.out.void": "Payout failed",
+    "payout.buy.void": "Payout in CYX failed",
+    "payout.fee.void": "Payout failed: fee returned",
     "purchase.escrow": "Purchase, held in escrow",
     "purchase.capture": "Purchase completed",
     "refund.void": "Refund, hold released",
@@ -143,14 +154,9 @@ def _available(session: Session, user: User) -> dict[str, dict[str, Any]]:
     return {cur: values["balance"] for cur, values in flows.balances(session, user=user).items()}
 
 
-def _faucet_forms(ctx: AppContext, back: str) -> list[dict[str, str]]:
-    """The dev-mode 'Add test funds' buttons (none in production)."""
-    if ctx.settings.is_production:
-        return []
-    return [
-        {"currency": cur.value, "amount": FAUCET_STEP, "key": new_key(), "next": back}
-        for cur in Currency
-    ]
+def test_tokens_offered(settings: Settings) -> bool:
+    """Whether this server's chain has a faucet for test tokens (dev, local chain only)."""
+    return not settings.is_production and settings.chain_backend is ChainBackend.local
 
 
 # ---------------------------------------------------------------- buy
@@ -208,7 +214,7 @@ def _buy_page(
             "idempotency_key": new_key(),
             "discount": percent(ctx.settings.cyx_discount_bps),
             "refund_days": ctx.settings.refund_window_days,
-            "faucets": _faucet_forms(ctx, f"/{model.full_name}/buy?currency={currency.value}"),
+            "test_tokens": test_tokens_offered(ctx.settings),
             "error": error,
         },
         status=status,
@@ -334,7 +340,7 @@ def _library_page(
         {
             "items": items,
             "balances": _available(session, user),
-            "faucets": _faucet_forms(ctx, "/library"),
+            "test_tokens": test_tokens_offered(ctx.settings),
             "refund_days": ctx.settings.refund_window_days,
             "error": error,
         },
@@ -348,27 +354,6 @@ def library(request: Request, session: SessionDep, viewer: UiViewer, ctx: CtxDep
     if viewer is None:
         return login_redirect(request)
     return _library_page(request, ctx, session, viewer)
-
-
-@router.post("/library/faucet")
-def add_test_funds(
-    request: Request, form: CsrfForm, session: SessionDep, actor: UiActor, ctx: CtxDep
-) -> Response:
-    """Dev mode only: add test funds (the faucet flow refuses in production: a 403 page)."""
-    if actor is None:
-        return login_redirect(request, "/library")
-    cur = to_currency(field(form, "currency"))
-    transfer = flows.faucet(
-        session,
-        settings=ctx.settings,
-        user=actor,
-        currency=cur,
-        amount=parse_amount(field(form, "amount") or FAUCET_STEP, cur),
-        idempotency_key=_form_key(field(form, "idempotency_key")),
-    )
-    response = see_other(safe_next(field(form, "next"), "/library"))
-    set_flash(response, f"Added {format_amount(transfer.amount, cur)} of test funds.")
-    return response
 
 
 @router.post("/library/{license_id}/refund")

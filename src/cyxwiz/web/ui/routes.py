@@ -29,6 +29,7 @@ from cyxwiz.catalog.schemas import ModelCreate, ModelUpdate, VersionCreate
 from cyxwiz.config import Settings
 from cyxwiz.errors import DomainError, InvalidInput
 from cyxwiz.licensing import service as licensing
+from cyxwiz.provenance import service as provenance
 from cyxwiz.storage import BlobStore
 from cyxwiz.web.deps import (
     SESSION_COOKIE,
@@ -42,7 +43,9 @@ from cyxwiz.web.deps import (
 from cyxwiz.web.files import serve_model_file
 from cyxwiz.web.shaping import offers_out
 from cyxwiz.web.ui import billing as billing_ui
+from cyxwiz.web.ui import nodes as nodes_ui
 from cyxwiz.web.ui import playground
+from cyxwiz.web.ui import settlement as settlement_ui
 from cyxwiz.web.ui.forms import (
     CsrfForm,
     UiActor,
@@ -58,6 +61,8 @@ from cyxwiz.web.ui.render import filesize, page, rotate_csrf, set_flash
 router = APIRouter()
 # The money pages first: '/library' and '/earnings' must win over the '/{owner}' catch-all.
 router.include_router(billing_ui.router)
+router.include_router(nodes_ui.router)  # '/nodes' before the '/{owner}' catch-all
+router.include_router(settlement_ui.router)  # '/wallet', '/deposit', '/payouts' likewise
 
 PER_PAGE = 24
 UPLOAD_CHUNK = 1024 * 1024
@@ -801,6 +806,7 @@ def publish(
     form: CsrfForm,
     session: SessionDep,
     actor: UiActor,
+    ctx: CtxDep,
 ) -> Response:
     """Freeze a draft version; it becomes the model's latest and downloadable."""
     if actor is None:
@@ -808,6 +814,8 @@ def publish(
     ver = _editable(session, owner, name, version, actor)
     try:
         catalog.publish_version(session, version=ver, actor=actor)
+        chain = provenance.chain_or_none(lambda: ctx.chain)
+        provenance.record_attestation(session, version=ver, chain=chain)
     except DomainError as exc:
         session.rollback()
         return _version_page(

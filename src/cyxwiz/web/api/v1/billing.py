@@ -1,4 +1,7 @@
-"""Money routes: offers, purchase, licenses, refunds, balance, faucet, earnings, transfers."""
+"""Money routes: offers, purchase, licenses, refunds, balance, earnings, transfers.
+
+Funds arrive through on-chain deposits (settlement routes; on a dev chain, test tokens come
+from ``POST /api/v1/chain/faucet``)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -54,12 +57,6 @@ class PurchaseOut(BaseModel):
     platform_fee_bps: int
     refundable_until: str
     license: LicenseOut
-
-
-class FaucetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    currency: Literal["USDC", "CYX"] = "USDC"
-    amount: int = Field(gt=0, description="minor units (6 decimals)", examples=[100_000_000])
 
 
 class TransferOut(BaseModel):
@@ -240,33 +237,6 @@ def refund(
 def balance(session: SessionDep, user: ReaderDep) -> dict[str, Any]:
     """Your spendable balance and creator earnings per currency (posted, pending, available)."""
     return flows.balances(session, user=user)
-
-
-@router.post("/dev/faucet", status_code=status.HTTP_201_CREATED)
-def dev_faucet(
-    body: FaucetIn,
-    session: SessionDep,
-    user: CurrentUser,
-    ctx: CtxDep,
-    idempotency_key: IdempotencyKey = None,
-) -> dict[str, Any]:
-    """Dev mode only: add test funds to your balance (a normal ledger transfer)."""
-    cur = Currency(body.currency)
-    transfer = flows.faucet(
-        session,
-        settings=ctx.settings,
-        user=user,
-        currency=cur,
-        amount=body.amount,
-        idempotency_key=idempotency_key or str(uuid.uuid4()),
-    )
-    return {
-        "transfer_id": str(transfer.id),
-        "amount": transfer.amount,
-        "currency": cur.value,
-        "display": format_amount(transfer.amount, cur),
-        "balance": flows.balances(session, user=user)[cur.value]["balance"],
-    }
 
 
 @router.get("/creator/earnings")

@@ -27,6 +27,7 @@ from cyxwiz.catalog.schemas import (
     version_out,
 )
 from cyxwiz.errors import InvalidInput
+from cyxwiz.provenance import service as provenance
 from cyxwiz.storage import BlobStore
 from cyxwiz.web.deps import BlobStoreDep, CtxDep, CurrentUser, SessionDep, SettingsDep, ViewerDep
 from cyxwiz.web.files import serve_model_file
@@ -165,11 +166,15 @@ def get_version(
 
 @router.post("/models/{owner}/{name}/versions/{version}/publish", response_model=VersionOut)
 def publish_version(
-    owner: str, name: str, version: str, session: SessionDep, user: CurrentUser
+    owner: str, name: str, version: str, session: SessionDep, user: CurrentUser, ctx: CtxDep
 ) -> VersionOut:
-    """Freeze a draft version and write its manifest (paths, sizes, sha256) and digest."""
+    """Freeze a draft version and write its manifest (paths, sizes, sha256) and digest; its
+    on-chain attestation (a Memo with the digest) is signed now and sent after commit."""
     ver = _editable_version(session, owner, name, version, user)
-    return version_out(catalog.publish_version(session, version=ver, actor=user))
+    catalog.publish_version(session, version=ver, actor=user)
+    chain = provenance.chain_or_none(lambda: ctx.chain)
+    provenance.record_attestation(session, version=ver, chain=chain)
+    return version_out(ver)
 
 
 @router.delete("/models/{owner}/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)

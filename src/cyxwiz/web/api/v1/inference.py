@@ -7,9 +7,10 @@
 
 The two infer routes are the hot path. They are declared here as FastAPI routes (so they are in
 the OpenAPI document, schemas via ``openapi_extra``) taking ``Request`` and returning bytes; and,
-with ``settings.inference_fast_path`` (default), ``InferenceFastPath`` — an outermost ASGI
-middleware — serves the very same paths below the framework (no routing table walk, dependency
-solving or pydantic), which bench/inference.py measured at several times FastAPI's throughput.
+with ``settings.inference_fast_path`` (default), ``InferenceFastPath`` — the app's ASGI entry
+(``cyxwiz.web.app.CyxwizApp``), in front of FastAPI and its whole middleware stack — serves the
+very same paths (no telemetry check, middleware, routing table walk, dependency solving or
+pydantic), which bench/inference.py measured at about twice FastAPI's throughput.
 Both answer through ``handle_*`` below, so they behave identically; errors are problem+json with
 the OIP ``error`` field that tritonclient reads.
 """
@@ -75,14 +76,19 @@ async def _guard(path: str, fn: Callable[[], Awaitable[Reply]]) -> Reply:
             log.warning("%s on %s: %s", exc.code, path, exc.detail)
         return problem_reply(exc, path)
     except Exception:
-        log.exception("unhandled error on %s", path)
-        err = DomainError(
-            "something went wrong on our side; you were not billed",
-            code="internal_error",
-            status=500,
-        )
-        err.title = "Internal server error"
-        return problem_reply(err, path)
+        return _internal_error(path)
+
+
+def _internal_error(path: str) -> Reply:
+    """500 problem for an unexpected exception (logged with its traceback, never sent)."""
+    log.exception("unhandled error on %s", path)
+    err = DomainError(
+        "something went wrong on our side; you were not billed",
+        code="internal_error",
+        status=500,
+    )
+    err.title = "Internal server error"
+    return problem_reply(err, path)
 
 
 async def handle_simple(
@@ -135,18 +141,29 @@ async def handle_v2_metadata(
         caller = await gw.authenticate(authorization)
         owner, name = split_oip_name(model)
         target = await gw.target(owner=owner, name=name, version=version, caller=caller)
-        await gw.check_rate(caller)
+        await gw.check_rate(caller, gw.expected_plan(caller, target) or "demo")
         return 200, [(b"content-type", JSON)], await gw.metadata_v2(target=target)
 
     return await _guard(path, run)
 
 
-def _response(reply: Reply) -> Response:
+def _response(reply: Reply, *, close: bool = False) -> Response:
     status, headers, body = reply
     r = Response(content=body, status_code=status)
     for k, v in headers:
         r.headers[k.decode()] = v.decode()
+    if close:
+        r.headers["connection"] = "close"
     return r
+
+
+async def _body(request: Request) -> bytes | Response:
+    """The request's body, or the 413 problem the fast path would give (the body limit
+    middleware stops it while streaming)."""
+    try:
+        return await request.body()
+    except PayloadTooLarge as exc:
+        return _response(problem_reply(exc, request.url.path), close=True)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -251,6 +268,9 @@ async def infer_simple(
     """Run the model (latest published version unless ``version``) on simple JSON inputs.
 
     Needs an API key with the ``inference`` scope (or an access token); metered per request."""
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body
     return _response(
         await handle_simple(
             _gateway(request),
@@ -259,7 +279,7 @@ async def infer_simple(
             name=name,
             version=version,
             authorization=request.headers.get("authorization"),
-            body=await request.body(),
+            body=body,
         )
     )
 
@@ -278,6 +298,9 @@ async def infer_v2(request: Request, model: str, version: str | None = None) -> 
     """Open Inference Protocol (KServe v2) inference; ``model`` is ``owner--name``.
 
     JSON tensors only (tritonclient: ``binary_data=False``)."""
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body
     return _response(
         await handle_v2(
             _gateway(request),
@@ -285,7 +308,7 @@ async def infer_v2(request: Request, model: str, version: str | None = None) -> 
             model=model,
             version=version,
             authorization=request.headers.get("authorization"),
-            body=await request.body(),
+            body=body,
             binary="inference-header-content-length" in request.headers,
         )
     )
@@ -352,8 +375,16 @@ _V2_RE = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
 class InferenceFastPath:
-    """Serve ``POST`` to the two infer routes straight from ASGI (same handlers, same answers
-    as the FastAPI routes above); everything else goes on to the app."""
+    """The app's ASGI entry (``cyxwiz.web.app.CyxwizApp`` calls it first): ``POST`` to the two
+    infer routes is served right here — before FastAPI, Starlette's middleware stack and
+    routing — by the same handlers as the FastAPI routes above, so the answers are the same;
+    everything else goes on to ``app``.
+
+    What the framework would otherwise give these routes is done here: the body limit
+    (``inference_max_body_bytes``, on Content-Length and while reading), problem+json for every
+    error, and a bare 500 problem (logged, no stack trace in the answer) for anything
+    unexpected.
+    """
 
     def __init__(self, app: ASGIApp, *, gateway: Callable[[], Gateway | None]) -> None:
         self.app = app
@@ -370,50 +401,64 @@ class InferenceFastPath:
         if gw is None or not gw.settings.inference_fast_path:
             await self.app(scope, receive, send)
             return
-        authorization: str | None = None
-        length: int | None = None
-        binary = False
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                authorization = v.decode("latin-1")
-            elif k == b"inference-header-content-length":
-                binary = True
-            elif k == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    length = None
-        limit = gw.settings.inference_max_body_bytes
-        version = _query_version(scope)
         try:
-            if length is not None and length > limit:
-                raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
-            body = await _read_body(receive, limit)
-        except PayloadTooLarge as exc:
-            await _send(send, problem_reply(exc, path), close=True)
-            return
-        if simple is not None:
-            reply = await handle_simple(
-                gw,
-                path=path,
-                owner=unquote(simple.group(1)),
-                name=unquote(simple.group(2)),
-                version=unquote(simple.group(3)) if simple.group(3) else version,
-                authorization=authorization,
-                body=body,
-            )
-        else:
-            assert v2 is not None
-            reply = await handle_v2(
-                gw,
-                path=path,
-                model=unquote(v2.group(1)),
-                version=unquote(v2.group(2)) if v2.group(2) else version,
-                authorization=authorization,
-                body=body,
-                binary=binary,
-            )
-        await _send(send, reply)
+            reply, close = await _serve(gw, scope, receive, path, simple, v2)
+        except Exception:
+            reply, close = _internal_error(path), False
+        await _send(send, reply, close=close)
+
+
+async def _serve(
+    gw: Gateway,
+    scope: Scope,
+    receive: Receive,
+    path: str,
+    simple: re.Match[str] | None,
+    v2: re.Match[str] | None,
+) -> tuple[Reply, bool]:
+    authorization: str | None = None
+    length: int | None = None
+    binary = False
+    for k, v in scope["headers"]:
+        if k == b"authorization":
+            authorization = v.decode("latin-1")
+        elif k == b"inference-header-content-length":
+            binary = True
+        elif k == b"content-length":
+            try:
+                length = int(v)
+            except ValueError:
+                length = None
+    limit = gw.settings.inference_max_body_bytes
+    try:
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+        body = await _read_body(receive, limit)
+    except PayloadTooLarge as exc:
+        return problem_reply(exc, path), True
+    version = _query_version(scope)
+    if simple is not None:
+        reply = await handle_simple(
+            gw,
+            path=path,
+            owner=unquote(simple.group(1)),
+            name=unquote(simple.group(2)),
+            version=unquote(simple.group(3)) if simple.group(3) else version,
+            authorization=authorization,
+            body=body,
+        )
+    else:
+        assert v2 is not None
+        reply = await handle_v2(
+            gw,
+            path=path,
+            model=unquote(v2.group(1)),
+            version=unquote(v2.group(2)) if v2.group(2) else version,
+            authorization=authorization,
+            body=body,
+            binary=binary,
+        )
+    return reply, False
 
 
 def _query_version(scope: Scope) -> str | None:

@@ -1,0 +1,1 @@
+"""Provenance: on-chain attestations of model versions' content hashes."""
