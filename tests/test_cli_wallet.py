@@ -343,17 +343,8 @@ def test_sign_in_refuses_a_message_for_another_domain(
     assert "refusing to sign" in err
 
 
-def _serves_rpc(url: str) -> bool:
-    with httpx.Client(base_url=url) as c:
-        r = c.post("/chain/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "getBlockHeight"})
-    return r.status_code == 200 and "result" in r.json()
-
-
 def test_pay_and_balance_over_the_marketplace_rpc(live: Live, tmp_path: Path) -> None:
-    """Needs the app's JSON-RPC endpoint for the local chain (/chain/rpc,
-    src/cyxwiz/web/api/chain_rpc.py); skipped until it is served."""
-    if not _serves_rpc(live.url):
-        pytest.skip("/chain/rpc is not served yet (src/cyxwiz/web/api/chain_rpc.py)")
+    """Through the app's JSON-RPC endpoint for the local chain (/chain/rpc)."""
     key = tmp_path / "id.json"
     address = wallet("new", "-o", str(key))[1].strip()
     live.chain.mint_to(owner=address, currency=Currency.USDC, amount=20 * USDC)
@@ -385,8 +376,6 @@ def test_pay_and_balance_over_the_marketplace_rpc(live: Live, tmp_path: Path) ->
 
 def test_rpc_errors_are_named(live: Live) -> None:
     """What the cluster refuses comes back as the wallet's clear errors, not raw JSON-RPC."""
-    if not _serves_rpc(live.url):
-        pytest.skip("/chain/rpc is not served yet (src/cyxwiz/web/api/chain_rpc.py)")
     from solders.hash import Hash
 
     from cyxwiz.cli.wallet import RpcWallet, build_payment

@@ -72,7 +72,7 @@ SKIP_OWNERS = {
 }
 
 
-class LocalChain:
+class LocalChain(tokens.MintAddresses):
     """A durable single-node Solana cluster on LiteSVM (see module docstring)."""
 
     backend = "local"
@@ -193,15 +193,6 @@ class LocalChain:
     @property
     def treasury(self) -> str:
         return str(self._treasury.pubkey())
-
-    def mint_of(self, currency: Currency) -> str:
-        return self._mints[currency]
-
-    def vault_of(self, currency: Currency) -> str:
-        return tokens.ata(self.treasury, self._mints[currency])
-
-    def token_account_of(self, owner: str, currency: Currency) -> str:
-        return tokens.ata(owner, self._mints[currency])
 
     def account(self, address: str) -> Account | None:
         with self._lock:
@@ -542,7 +533,7 @@ def _writable(header: Any, n: int) -> list[bool]:
     return out
 
 
-class LocalChainSnapshot:
+class LocalChainSnapshot(tokens.MintAddresses):
     """Read-only view of a local chain's persisted state, usable while another process (a
     running ``cyxwiz serve``) owns the chain — for reconciliation and inspection."""
 
@@ -554,14 +545,12 @@ class LocalChainSnapshot:
             raise ChainUnavailable(f"no local chain in {directory} yet")
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        self.treasury = str(meta["treasury"])
+        self._treasury_address = str(meta["treasury"])
         self._mints = {Currency.USDC: str(meta["usdc_mint"]), Currency.CYX: str(meta["cyx_mint"])}
 
-    def mint_of(self, currency: Currency) -> str:
-        return self._mints[currency]
-
-    def vault_of(self, currency: Currency) -> str:
-        return tokens.ata(self.treasury, self._mints[currency])
+    @property
+    def treasury(self) -> str:
+        return self._treasury_address
 
     def token_balance(self, token_account: str) -> int:
         row = self._db.execute(

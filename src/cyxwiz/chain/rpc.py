@@ -135,7 +135,7 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-class RpcChain:
+class RpcChain(tokens.MintAddresses):
     """The ``Chain`` protocol over a Solana cluster's JSON-RPC (see module docstring)."""
 
     backend = "rpc"
@@ -295,15 +295,6 @@ class RpcChain:
     @property
     def treasury(self) -> str:
         return str(self._treasury.pubkey())
-
-    def mint_of(self, currency: Currency) -> str:
-        return self._mints[currency]
-
-    def vault_of(self, currency: Currency) -> str:
-        return tokens.ata(self.treasury, self._mints[currency])
-
-    def token_account_of(self, owner: str, currency: Currency) -> str:
-        return tokens.ata(owner, self._mints[currency])
 
     def _account(self, address: str) -> tuple[str, bytes] | None:
         key = tokens.pubkey(address)

@@ -21,6 +21,7 @@ from spl.token.constants import ACCOUNT_LEN, TOKEN_PROGRAM_ID
 from spl.token.models import TransferCheckedParams
 
 from cyxwiz.errors import InvalidInput
+from cyxwiz.money import Currency
 
 DECIMALS = 6
 TOKEN_PROGRAM = str(TOKEN_PROGRAM_ID)
@@ -108,6 +109,25 @@ def sign(ixs: list[Instruction], signers: list[Keypair], blockhash: str) -> Tran
     bh = Hash.from_string(blockhash)
     msg = Message.new_with_blockhash(ixs, signers[0].pubkey(), bh)
     return Transaction(signers, msg, bh)
+
+
+class MintAddresses:
+    """Addresses derived from the treasury and the two mints (every backend has the same)."""
+
+    _mints: dict[Currency, str]
+
+    @property
+    def treasury(self) -> str:
+        raise NotImplementedError
+
+    def mint_of(self, currency: Currency) -> str:
+        return self._mints[currency]
+
+    def vault_of(self, currency: Currency) -> str:
+        return ata(self.treasury, self._mints[currency])
+
+    def token_account_of(self, owner: str, currency: Currency) -> str:
+        return ata(owner, self._mints[currency])
 
 
 # ---------------------------------------------------------------- keypair files

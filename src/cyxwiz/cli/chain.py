@@ -180,9 +180,13 @@ def faucet(
     except DomainError as exc:
         raise _fail(f"error [{exc.code}]: {exc.detail}") from None
     if chain is not None:
+        from cyxwiz.billing.treasury import dev_faucet
+
         try:
             for cur, amount in wanted:
-                sig = chain.mint_to(owner=wallet, currency=cur, amount=amount)
+                sig, _ = dev_faucet(
+                    settings=settings, chain=chain, wallet=wallet, currency=cur, amount=amount
+                )
                 typer.echo(f"minted {format_amount(amount, cur)} to {wallet}: {sig}")
         except DomainError as exc:
             raise _fail(f"error [{exc.code}]: {exc.detail}") from None
