@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 8 * 1024**3
     max_json_bytes: int = 1024 * 1024
     cookie_secure: bool = False
+    trusted_proxy_count: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="proxies in front of the app whose X-Forwarded-For is believed (client IP "
+        "for throttles); 0 = the socket peer is the client",
+    )
 
     # Money
     cyx_price_usdc: str = Field(default="0.25", description="USDC per 1 CYX for CYX payments")
