@@ -190,7 +190,8 @@ class SimpleOut(BaseModel):
 
 class FreeMeter:  # BENCH_METER=free: the gateway without metering's cost
     async def authorize(self, **kw: Any) -> Ticket:
-        kw.pop("units", None)
+        for k in ("units", "rows", "client_ip"):
+            kw.pop(k, None)
         return Ticket(kind="owner", units=1, unit="request", currency=None, token="t", **kw)
     async def settle(self, ticket: Ticket, **kw: Any) -> None: ...
     async def cancel(self, ticket: Ticket) -> None: ...
@@ -267,6 +268,22 @@ def _fund(tmp: Path, user_id: uuid.UUID, amount: int) -> None:
                 ref="bench",
             ),
         )
+    db.engine.dispose()
+
+
+def _approve_operator(tmp: Path, username: str) -> None:
+    """Approve ``username`` as a node operator (the platform's decision, as the CLI does)."""
+    from datetime import UTC, datetime
+
+    from cyxwiz.accounts.service import get_user_by_username
+    from cyxwiz.config import Settings
+    from cyxwiz.db import Database
+    from cyxwiz.inference import service as nodes
+
+    db = Database.from_url(Settings(data_dir=tmp / "data").resolved_database_url)
+    with db.session() as s:
+        user = get_user_by_username(s, username)
+        nodes.decide_operator(s, user=user, decision="approve", actor=None, now=datetime.now(UTC))
     db.engine.dispose()
 
 
@@ -412,6 +429,7 @@ def main() -> None:
             "/api/v1/api-keys", json={"name": "bench", "scopes": ["inference"]}, headers=buyer
         ).json()["key"]
         auth = {"Authorization": f"Bearer {key}"}
+        _approve_operator(tmp, "operator")  # running nodes is a trust tier (issue 9)
         node = http.post("/api/v1/nodes", json={"name": "bench-node"}, headers=operator).json()
         node_port = _free_port()
         node_proc = subprocess.Popen(

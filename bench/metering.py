@@ -3,13 +3,18 @@
 For each database (a temp SQLite file; PostgreSQL when reachable) it migrates a fresh database,
 creates buyers with funded balances, a per-request-priced model and a node, then measures:
 
-- ``meter settle+flush``: ``settle()`` of N pre-authorized tickets and ``flush()`` — the event
-  rows (SQLite: executemany of ``INSERT .. ON CONFLICT DO NOTHING``; PostgreSQL: binary COPY
+- ``meter settle+flush``: ``settle()`` of N pre-authorized tickets by 1000 concurrent callers,
+  each settling its calls one after another (``settle`` returns once its event is committed,
+  issue 9: the settles that arrive while one commit runs share the next one) with the meter's
+  own flusher running — the event rows (SQLite: executemany of ``INSERT .. ON CONFLICT DO NOTHING``; PostgreSQL: binary COPY
   into a temp table + one ``INSERT .. SELECT .. ON CONFLICT DO NOTHING``) plus, in the same
   transaction, one linked ledger set settling the used-up blocks (post, fee, compute share,
   contributor shares);
 - ``meter authorize+settle+flush``: the same with ``authorize()`` per call as well (a new
   reservation every ``reservation_requests`` calls per buyer);
+- ``meter settle, 16 callers``: N/5 calls settled by 16 concurrent callers, each waiting for
+  its commit before its next call (what the gateway does at concurrency 16): commits of up to
+  16 events, the price of durability before the answer;
 - ``raw INSERT``: the same rows inserted with plain executemany, one commit per batch — the
   limit of the database on this machine.
 
@@ -86,6 +91,7 @@ def setup(db: Database, settings: Settings) -> World:
             actor=owner,
             document=OffersDocument.model_validate({"per_1k_requests": {"amount": PRICE}}),
         )
+        nodes.decide_operator(s, user=op, decision="approve", actor=None, now=datetime.now(UTC))
         _, node = nodes.create_node(s, operator=op, name="bench-node")
         source = ledger.get_or_create_account(
             s, code="bench:source:USDC", currency=Currency.USDC, kind="bench", no_overdraft=False
@@ -110,9 +116,15 @@ def setup(db: Database, settings: Settings) -> World:
 
 
 async def metered(
-    db: Database, settings: Settings, w: World, n: int, with_authorize: bool
+    db: Database,
+    settings: Settings,
+    w: World,
+    n: int,
+    with_authorize: bool,
+    callers: int | None = None,
 ) -> float:
     meter = UsageMeter(db, settings, db_concurrency=4)
+    await meter.start()  # the flusher the gateway's meter runs: settles wait on its commits
     tag = uuid.uuid4().hex[:8]
 
     # "no API key" calls would take demo credits first: give every call a key id
@@ -128,17 +140,27 @@ async def metered(
     tickets: list[Ticket] = []
     if not with_authorize:
         tickets = [await auth_keyed(i) for i in range(n)]
-    batch = settings.metering_batch_size
-    t0 = time.perf_counter()
-    for i in range(n):
+
+    async def one(i: int) -> None:
         t = tickets[i] if tickets else await auth_keyed(i)
         await meter.settle(t, request_id=f"{tag}-{i}", node_id=w.node_id, units=1)
-        if (i + 1) % batch == 0:
-            await meter.flush()
+
+    async def caller(k: int, step: int) -> None:
+        for i in range(k, n, step):
+            await one(i)
+
+    step = callers or settings.metering_batch_size  # default: as many callers as a batch holds
+    batches = meter.stats.batches
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(k, step) for k in range(step)))
     await meter.flush()
     elapsed = time.perf_counter() - t0
+    COMMITS.append((n, meter.stats.batches - batches))
     await meter.close()
     return n / elapsed
+
+
+COMMITS: list[tuple[int, int]] = []  # (events, transactions) per measurement
 
 
 def raw_inserts(db: Database, w: World, n: int, batch: int) -> float:
@@ -189,16 +211,20 @@ def run_one(label: str, url: str, events: int, repeat: int) -> list[tuple[str, s
     upgrade(db.engine)
     w = setup(db, settings)
     asyncio.run(metered(db, settings, w, 2000, with_authorize=False))  # warm up
-    rounds: dict[str, list[float]] = {"raw": [], "settle": [], "full": []}
+    rounds: dict[str, list[float]] = {"raw": [], "settle": [], "full": [], "c16": []}
+    small = max(1000, events // 5)
     for _ in range(repeat):
         rounds["raw"].append(raw_inserts(db, w, events, settings.metering_batch_size))
         rounds["settle"].append(asyncio.run(metered(db, settings, w, events, False)))
         rounds["full"].append(asyncio.run(metered(db, settings, w, events, True)))
+        rounds["c16"].append(asyncio.run(metered(db, settings, w, small, False, callers=16)))
+        n16, commits16 = COMMITS[-1]
+        print(f"{label}: 16 callers: {n16:,} events in {commits16:,} commits")
     with db.session() as s:
         report = ledger.check(s)
         stored = s.scalar(select(func.count()).select_from(UsageEvent))
     assert report.ok, report.problems
-    assert stored == 2000 + 3 * events * repeat, stored
+    assert stored == 2000 + (3 * events + small) * repeat, stored
     db.engine.dispose()
     ratios = [m / r for m, r in zip(rounds["settle"], rounds["raw"], strict=True)]
     print(
@@ -211,6 +237,7 @@ def run_one(label: str, url: str, events: int, repeat: int) -> list[tuple[str, s
         (label, "raw INSERT (executemany, commit per 1000)", statistics.median(rounds["raw"])),
         (label, "meter settle+flush", statistics.median(rounds["settle"])),
         (label, "meter authorize+settle+flush", statistics.median(rounds["full"])),
+        (label, "meter settle, 16 callers (commit each)", statistics.median(rounds["c16"])),
     ]
 
 

@@ -32,6 +32,11 @@ from tests.factories import Api
 
 PG_URL = os.environ.get("CYXWIZ_TEST_DATABASE_URL")
 
+# Every test client (and every server a test starts, which inherits the environment) registers
+# its accounts from one address; the per-IP registration throttle's production default (10 an
+# hour) would refuse the 11th. The throttle's own tests set their limits explicitly.
+os.environ.setdefault("CYXWIZ_REGISTER_IP_MAX_ACCOUNTS", "100000")
+
 
 def _worker_suffix() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,35 @@ from fastapi.testclient import TestClient
 
 _seq = itertools.count(1)
 PASSWORD = "correct horse battery staple"
+
+
+@functools.cache
+def tiny_onnx(scale: float = 2.0) -> bytes:
+    """A real, valid ONNX model (y = x * scale, float[N, 4]) of a few hundred bytes: what
+    publishing accepts as a ``.onnx`` file (random bytes named model.onnx are refused)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 4])
+    w = numpy_helper.from_array(np.full((4,), scale, dtype=np.float32), name="scale")
+    graph = helper.make_graph([helper.make_node("Mul", ["input", "scale"], ["output"])],
+                              "tiny", [x], [y], initializer=[w])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def onnx_with_payload(payload: bytes) -> bytes:
+    """``tiny_onnx()`` carrying ``payload`` as an extra (unused) uint8 initializer: a valid
+    ONNX model about ``len(payload)`` bytes long with content of the caller's choosing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_model_from_string(tiny_onnx())
+    extra = helper.make_tensor("payload", TensorProto.UINT8, [len(payload)], payload, raw=True)
+    model.graph.initializer.append(extra)
+    return bytes(model.SerializeToString())
 
 
 @dataclass
@@ -125,7 +155,7 @@ class Api:
         m = self.model(owner, name, **fields)
         full = m["full_name"]
         self.version(owner, full)
-        for path, data in (files or {"model.onnx": b"onnx-bytes"}).items():
+        for path, data in (files or {"model.onnx": tiny_onnx()}).items():
             self.upload(owner, full, "1.0.0", path, data)
         self.publish(owner, full)
         return m

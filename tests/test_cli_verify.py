@@ -17,7 +17,7 @@ from cyxwiz.catalog.models import Model, ModelVersion
 from cyxwiz.cli.main import app
 from cyxwiz.cli.verify import b58decode, parse_transaction
 from cyxwiz.provenance import service as provenance
-from tests.factories import Account, Api
+from tests.factories import Account, Api, onnx_with_payload
 from tests.provenance.conftest import (
     Live,
     chain,
@@ -32,7 +32,7 @@ __all__ = ["chain", "chain_time", "committed_db", "committed_template", "committ
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-FILES = {"model.onnx": b"\x08\x07onnx" * 5000, "labels.txt": b"cat\ndog\n"}
+FILES = {"model.onnx": onnx_with_payload(b"\x08\x07onnx" * 5000), "labels.txt": b"cat\ndog\n"}
 
 
 def _cli(*args: str) -> Any:

@@ -77,6 +77,93 @@ class Settings(BaseSettings):
         "for throttles); 0 = the socket peer is the client",
     )
 
+    # Security (issue 9): model file scanning (docs/scanning.md)
+    scan_refuse_dangerous: bool = Field(
+        default=True,
+        description="refuse to publish a version with a file whose scan is 'dangerous' (a "
+        "pickle importing os.system, builtins.eval, subprocess...)",
+    )
+    scan_refuse_suspicious: bool = Field(
+        default=False,
+        description="also refuse files whose scan is 'suspicious' (imports the scanner does "
+        "not know to be harmless, unparseable pickles, code); off: they publish with a badge",
+    )
+    scan_onnx_max_bytes: int = Field(
+        default=2**31 - 1,
+        ge=1,
+        description="largest ONNX file accepted at publish (it is parsed in memory; a larger "
+        "ONNX model needs external data, which is refused anyway)",
+    )
+
+    # Security (issue 9): accounts and web — sign-in / sign-up throttles (web/throttle.py)
+    login_ip_max_failures: int = Field(
+        default=20, ge=1, description="failed sign-ins per client IP (any account) per window"
+    )
+    login_ip_window_seconds: float = Field(default=300.0, gt=0)
+    login_account_ip_max_failures: int = Field(
+        default=5, ge=1, description="failed sign-ins per account from one client IP per window"
+    )
+    login_account_ip_window_seconds: float = Field(default=300.0, gt=0)
+    login_account_max_failures: int = Field(
+        default=20,
+        ge=1,
+        description="failed sign-ins per account from any IP per window (not applied to IPs "
+        "that signed in to the account within login_known_ip_days)",
+    )
+    login_account_window_seconds: float = Field(default=900.0, gt=0)
+    login_known_ip_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="after a successful sign-in, that IP skips the account-wide limit this long",
+    )
+    register_ip_max_accounts: int = Field(
+        default=10, ge=1, description="accounts created per client IP per window (API and web)"
+    )
+    register_ip_window_seconds: float = Field(default=3600.0, gt=0)
+    # Security (issue 9): accounts and web — HTTP headers (web/middleware.py)
+    content_security_policy: str | None = Field(
+        default=None,
+        description="override the Content-Security-Policy sent on HTML pages (default: "
+        "self only; see web/middleware.py)",
+    )
+    hsts_seconds: int = Field(
+        default=31_536_000,
+        ge=0,
+        description="Strict-Transport-Security max-age sent in production (0 = not sent)",
+    )
+
+    # Security (issue 9): nodes — operator trust tier, routing, answer caps, SSRF (H1)
+    inference_node_heartbeat_seconds: float = Field(
+        default=5.0, gt=0, description="how often nodes are told to heartbeat (at registration)"
+    )
+    inference_node_max_inflight: int = Field(
+        default=32,
+        ge=1,
+        description="requests one gateway replica sends to one node at once before it "
+        "prefers other nodes (platform-set; a node's reported capacity is never used)",
+    )
+    inference_node_health_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often each gateway checks every routable node's readiness itself "
+        "(GET /v2/health/ready with the gateway secret); a failing node leaves routing until "
+        "a check passes",
+    )
+    inference_node_health_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="time limit of one readiness check"
+    )
+    inference_node_max_response_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="largest answer body the gateway accepts from a node (default: twice "
+        "inference_max_body_bytes); larger answers fail the call as the node's fault",
+    )
+    inference_node_allowed_networks: str = Field(
+        default="",
+        description="comma-separated CIDRs node URLs may resolve to in production besides "
+        "public addresses (e.g. the private network your own nodes run in)",
+    )
+
     # Money
     cyx_price_usdc: str = Field(default="0.25", description="USDC per 1 CYX for CYX payments")
     cyx_discount_bps: int = 1500
@@ -103,6 +190,25 @@ class Settings(BaseSettings):
     )
     metering_sweep_interval_seconds: float = Field(
         default=60.0, gt=0, description="how often the scheduler sweeps orphaned reservations"
+    )
+    # Security (issue 9): metering — batch rows, demo budgets (docs/metering.md)
+    inference_max_batch_rows: int = Field(
+        default=10_000,
+        ge=1,
+        description="most rows (batch size) one inference call may carry, unless the model's "
+        "ONNX metadata `cyxwiz.max_batch_rows` says otherwise; above it: 413 batch_too_large",
+    )
+    demo_ip_daily_rows: int = Field(
+        default=100,
+        ge=0,
+        description="free demo rows per client IP per UTC day, shared by every account from "
+        "that IP (IPv6: per /64); 0 = no per-IP budget",
+    )
+    demo_model_daily_rows: int = Field(
+        default=10_000,
+        ge=0,
+        description="free demo rows per model per UTC day, all demo callers together; "
+        "0 = no per-model budget",
     )
 
     # Inference gateway (docs/gateway.md)
@@ -156,6 +262,19 @@ class Settings(BaseSettings):
     payout_instant_fee_bps: int = Field(default=100, ge=0, le=10_000)
     payout_weekly_minimum: int = Field(default=10 * 10**6, ge=0)
     cyx_payout_bonus_bps: int = Field(default=500, ge=0, le=10_000)
+    # Security (issue 9): money — payout minimums (docs/chain.md, "Money out")
+    payout_minimum_usdc: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="smallest payout debiting USDC, in minor units (1 USDC): every payout is "
+        "an on-chain transaction the platform pays for, so dust is refused",
+    )
+    payout_minimum_cyx: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="smallest payout debiting CYX, in minor units (4 CYX, 1 USDC at the "
+        "default price)",
+    )
     siws_ttl_seconds: int = Field(default=600, ge=30)
 
     @field_validator("previous_master_keys", mode="before")
@@ -164,6 +283,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @property
+    def node_max_response_bytes(self) -> int:
+        """The cap on a node's answer body (``inference_node_max_response_bytes`` or twice
+        ``inference_max_body_bytes``)."""
+        if self.inference_node_max_response_bytes is not None:
+            return self.inference_node_max_response_bytes
+        return 2 * self.inference_max_body_bytes
 
     @property
     def is_production(self) -> bool:

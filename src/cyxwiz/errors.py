@@ -83,3 +83,11 @@ class IntegrityError(DomainError):
     code = "integrity_error"
     status = 500
     title = "Stored data failed its integrity check"
+
+
+class TooManyAttempts(DomainError):
+    """A sign-in or sign-up throttle is exhausted; ``Retry-After`` says when to try again."""
+
+    code = "too_many_attempts"
+    status = 429
+    title = "Too many attempts"

@@ -6,12 +6,15 @@ No floats anywhere: amounts are ``int`` minor units (USDC and CYX have 6 decimal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from enum import StrEnum
 
 from cyxwiz.errors import InvalidInput
 
 BPS = 10_000
+# The largest amount (minor units) anything reads: 2**53 - 1 is exact in every JSON client and
+# leaves a signed 64-bit column room for sums (9,007,199,254.740991 units of a 6-decimal coin).
+MAX_AMOUNT = 2**53 - 1
 
 
 class Currency(StrEnum):
@@ -33,19 +36,30 @@ def to_currency(value: str) -> Currency:
 
 
 def parse_amount(text: str, currency: Currency) -> int:
-    """'49.5' USDC -> 49_500_000; refuses more decimals than the currency has, or negatives."""
+    """'49.5' USDC -> 49_500_000; refuses more decimals than the currency has, negatives, and
+    anything above ``MAX_AMOUNT`` (checked before any big integer is built)."""
+    if len(text) > 64:
+        raise InvalidInput("an amount is at most 64 characters", code="invalid_amount")
     try:
         value = Decimal(text.strip())
     except (InvalidOperation, AttributeError):
         raise InvalidInput(f"{text!r} is not a number", code="invalid_amount") from None
     if not value.is_finite() or value < 0:
         raise InvalidInput(f"{text!r} is not a non-negative amount", code="invalid_amount")
-    scaled = value.scaleb(DECIMALS[currency])
-    if scaled != scaled.to_integral_value():
+    largest = Decimal(MAX_AMOUNT).scaleb(-DECIMALS[currency])
+    if value > largest:
         raise InvalidInput(
-            f"{text!r} has more than {DECIMALS[currency]} decimals", code="invalid_amount"
+            f"{text!r} is too large (at most {format_amount(MAX_AMOUNT, currency)})",
+            code="invalid_amount",
         )
-    return int(scaled)
+    with localcontext() as exact:
+        exact.prec = 100  # 64 characters hold fewer digits: every step below is exact
+        scaled = value.scaleb(DECIMALS[currency])
+        if scaled != scaled.to_integral_value() or (value and scaled < 1):
+            raise InvalidInput(
+                f"{text!r} has more than {DECIMALS[currency]} decimals", code="invalid_amount"
+            )
+        return int(scaled)
 
 
 def format_amount(amount: int, currency: Currency | str) -> str:

@@ -22,11 +22,11 @@ from cyxwiz.ledger import service as ledger
 from cyxwiz.money import Currency
 from tests.chain_support import chain_of
 from tests.chain_support import pay as wallet_pay
-from tests.factories import Account, Api
+from tests.factories import Account, Api, onnx_with_payload
 from tests.web.test_api_auth import problem
 
 USDC = 1_000_000  # one USDC in minor units
-WEIGHTS = b"\x00\x01secret-weights" * 100
+WEIGHTS = onnx_with_payload(b"\x00\x01secret-weights" * 100)  # a valid model file
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ from cyxwiz.licensing.models import License
 from cyxwiz.money import Currency, allocate, bps_of
 from tests.billing.conftest import LiveServer, register
 from tests.chain_support import funded_wallet, pay
-from tests.factories import Account, Api
+from tests.factories import Account, Api, tiny_onnx
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def run_together(fns: list[Callable[[], T]], timeout: float = 120) -> list[T | B
 
 
 def paid_model(c: httpx.Client, owner: Account, price: int, contributors: Any = None) -> str:
-    m = Api(c).published_model(owner, files={"model.onnx": b"weights"})  # type: ignore[arg-type]
+    m = Api(c).published_model(owner, files={"model.onnx": tiny_onnx()})  # type: ignore[arg-type]
     full = str(m["full_name"])
     r = c.put(
         f"/api/v1/models/{full}/offers",

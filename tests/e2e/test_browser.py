@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.conftest import LiveServer
+from tests.factories import onnx_with_payload
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -42,7 +43,7 @@ def test_create_upload_publish_search_and_download(
 ) -> None:
     base = live_server.url
     username = f"e2e{secrets.token_hex(3)}"
-    model_bytes = secrets.token_bytes(300_000)
+    model_bytes = onnx_with_payload(secrets.token_bytes(299_800))  # a valid model file
     upload = tmp_path / "model.onnx"
     upload.write_bytes(model_bytes)
 

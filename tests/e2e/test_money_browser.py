@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
 
 from tests.e2e.conftest import LiveServer
+from tests.factories import onnx_with_payload
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -48,7 +49,7 @@ def _sign_up(page: Page, base: str, username: str) -> None:
 
 def _sign_in(page: Page, base: str, username: str) -> None:
     page.goto(f"{base}/login")
-    page.get_by_label("Username or email").fill(username)
+    page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator(".flash")).to_contain_text("Signed in")
@@ -65,7 +66,7 @@ def test_price_buy_download_refund(
     base = live_server.url
     creator_name = f"maker{secrets.token_hex(3)}"
     buyer_name = f"buyer{secrets.token_hex(3)}"
-    model_bytes = secrets.token_bytes(250_000)
+    model_bytes = onnx_with_payload(secrets.token_bytes(249_800))  # a valid model file
     upload = tmp_path / "model.onnx"
     upload.write_bytes(model_bytes)
     full = f"{creator_name}/sentiment-pro"

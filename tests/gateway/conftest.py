@@ -65,6 +65,8 @@ class LedgerMeter:
         version_id: uuid.UUID,
         api_key_id: uuid.UUID | None,
         units: int,
+        rows: int = 1,
+        client_ip: str | None = None,
     ) -> Ticket:
         with self.lock:
             left = self.allowance.get(user_id, self.default_allowance)

@@ -23,7 +23,8 @@ from cyxwiz.inference.models import Node
 from cyxwiz.money import Currency
 
 PRICE = 1_000_000  # 1 USDC per 1K requests: exactly 1000 minor units per call
-PER_CALL = 1_000
+PER_ROW = 1_000
+PER_CALL = 3 * PER_ROW  # every call sends the 3 iris rows: billed per row (issue 9)
 FUNDED = 10_000_000  # 10 USDC: never the limit here
 CALLERS = 16
 

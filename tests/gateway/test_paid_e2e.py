@@ -23,14 +23,16 @@ from cyxwiz.demo.models import run_onnx
 from cyxwiz.inference.metering import UsageMeter
 from cyxwiz.money import Currency, allocate, bps_of
 
-PRICE = 1_234_567  # USDC minor units per 1K requests: 1234.567 per call, rounded up per block
+PRICE = 1_234_567  # USDC minor units per 1K requests: 1234.567 per row, rounded up per block
 CALLS = 9  # 3 simple + 3 v2 + 3 tritonclient
+ROWS = 3  # every call sends the 3 iris rows: billed per row (issue 9)
+UNITS = CALLS * ROWS
 FUNDED = 1_000_000  # 1 USDC
-# ceil(9 × 1234.567) = ceil(11111.103): rounded up once for the whole reservation
-CHARGE = 11_112
-FEE = 2_222  # floor(11112 × 20%) → platform:revenue
-COMPUTE = 3_333  # floor(11112 × 30%) → the operator of the only node that served
-CREATOR, COCREATOR = 3_705, 1_852  # the rest (5557) by 6667:3333, largest remainder
+# ceil(27 × 1234.567) = ceil(33333.309): rounded up once for the whole reservation
+CHARGE = 33_334
+FEE = 6_666  # floor(33334 × 20%) → platform:revenue
+COMPUTE = 10_000  # floor(33334 × 30%) → the operator of the only node that served
+CREATOR, COCREATOR = 11_113, 5_555  # the rest (16668) by 6667:3333, largest remainder
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def paid(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> I
 
 
 def test_the_expected_amounts_follow_the_documented_rules() -> None:
-    charge = -(-CALLS * PRICE // 1000)
+    charge = -(-UNITS * PRICE // 1000)
     assert charge == CHARGE
     assert (bps_of(charge, 2000), bps_of(charge, 3000)) == (FEE, COMPUTE)
     assert allocate(charge - FEE - COMPUTE, [6667, 3333]) == [CREATOR, COCREATOR]
@@ -140,7 +142,7 @@ def test_paid_calls_in_three_forms_settle_exact_shares(
     usage = st.http.get("/api/v1/usage", headers=buyer.headers).json()
     [row] = usage["items"]
     assert row["model"] == st.model
-    assert (row["calls"], row["paid_calls"], row["demo_calls"], row["units"]) == (9, 9, 0, 9)
+    assert (row["calls"], row["paid_calls"], row["demo_calls"], row["units"]) == (9, 9, 0, UNITS)
     assert row["spent"] == {"USDC": CHARGE}
 
     # the platform, the node operator and the two creators
@@ -148,7 +150,7 @@ def test_paid_calls_in_three_forms_settle_exact_shares(
     op = st.http.get("/api/v1/operator/earnings", headers=st.stack.operator.headers).json()
     [node] = op["nodes"]
     assert node["node_id"] == node_id
-    assert (node["calls"], node["units"], node["earned"]) == (CALLS, CALLS, {"USDC": COMPUTE})
+    assert (node["calls"], node["units"], node["earned"]) == (CALLS, UNITS, {"USDC": COMPUTE})
     assert op["balance"]["USDC"]["available"] == COMPUTE
     for who, share in ((st.stack.creator, CREATOR), (st.cocreator, COCREATOR)):
         earnings = st.http.get("/api/v1/balance", headers=who.headers).json()["USDC"]["earnings"]

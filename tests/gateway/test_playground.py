@@ -26,7 +26,7 @@ from cyxwiz.node.app import create_node_app
 from cyxwiz.node.config import NodeConfig
 from cyxwiz.web.app import create_app
 
-CREDITS = 3
+CREDITS = 4  # demo credits count rows (issue 9): two 2-row runs per test user
 HTML = {"Accept": "text/html"}
 FEATURES = ["sl", "sw", "pl", "pw"]
 
@@ -97,6 +97,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Ite
         data_dir=tmp / "data",
         master_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         demo_credits_per_model=CREDITS,
+        register_ip_max_accounts=10_000,  # every account here comes from 127.0.0.1
         inference_rate_per_second=10_000.0,
         inference_burst=10_000,
         inference_nodes_cache_seconds=0.2,
@@ -203,11 +204,11 @@ def test_signed_in_run_matches_onnx_and_spends_credits(
     page = b.get("/pg-creator/iris")
     assert page.status_code == 200
     assert "Try it" in page.text
-    assert f"{CREDITS} free runs left" in page.text
+    assert f"{CREDITS} free rows left" in page.text
     prefilled = json.loads(_textarea(page.text))
     assert prefilled == {"inputs": tiny_models.iris_rows[:2]}  # from config.json
 
-    rows = tiny_models.iris_rows
+    rows = tiny_models.iris_rows[:2]
     r = b.post("/pg-creator/iris/playground", {"payload": json.dumps({"inputs": rows})})
     assert r.status_code == 200, r.text
     got = _result(r.text)
@@ -219,10 +220,10 @@ def test_signed_in_run_matches_onnx_and_spends_credits(
         for lab, p in w["probabilities"].items():
             assert g["probabilities"][lab] == pytest.approx(p, abs=1e-5)
     assert 'class="table table-compact playground-labels"' in r.text  # the labels table
-    assert _runs_left(r.text) == CREDITS - 1
+    assert _runs_left(r.text) == CREDITS - len(rows)  # one demo credit per row (issue 9)
     assert _textarea(r.text) == json.dumps({"inputs": rows})  # the input is kept
 
-    for left in range(CREDITS - 2, -1, -1):
+    for left in range(CREDITS - len(rows) - 1, -1, -1):
         r = b.post("/pg-creator/iris/playground", {"payload": json.dumps({"inputs": rows[:1]})})
         assert r.status_code == 200, r.text
         assert _runs_left(r.text) == left
@@ -333,7 +334,7 @@ def test_tabular_fields_run_the_same_predictions_as_the_json_form(
     assert _predictions(by_fields.text) == _predictions(by_json.text)
     assert _predictions(by_fields.text) == run_onnx(tiny_models.iris, rows)["predictions"]
     assert 'class="table table-compact playground-labels"' in by_fields.text
-    assert _runs_left(by_json.text) == CREDITS - 2  # one run each
+    assert _runs_left(by_json.text) == CREDITS - 2 * len(rows)  # one credit per row, each run
 
     # after a run of the fields: the values typed stay, the JSON that ran is in the editor
     assert {k: v for k, (_, v) in _fields(by_fields.text).items()} == {

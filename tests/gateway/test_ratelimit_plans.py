@@ -59,6 +59,8 @@ class PlanMeter(LedgerMeter):
         version_id: uuid.UUID,
         api_key_id: uuid.UUID | None,
         units: int,
+        rows: int = 1,
+        client_ip: str | None = None,
     ) -> Ticket:
         ticket = await super().authorize(
             user_id=user_id,

@@ -34,6 +34,7 @@ from cyxwiz.migrate import upgrade
 from cyxwiz.money import Currency, allocate, bps_of
 from cyxwiz.web.app import create_app
 from tests.factories import Account, Api
+from tests.inference.test_nodes_api import approve_operator
 
 USDC = Currency.USDC
 PER_CALL_1000 = 1_000_000  # per 1k requests: 1000 minor units (0.001 USDC) per call
@@ -103,6 +104,7 @@ def make_world(
         api.fund(buyer, fund)  # a deposit from a wallet holding test tokens on the app's chain
     nodes = []
     for op in (op1, op2):
+        approve_operator(client, op)  # running nodes is a trust tier an admin grants
         r = client.post("/api/v1/nodes", json={"name": "box"}, headers=op.headers)
         assert r.status_code == 201, r.text
         nodes.append(uuid.UUID(r.json()["node"]["id"]))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import socket
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,8 +17,9 @@ from cyxwiz.clock import TestClock
 from cyxwiz.db import Database
 from cyxwiz.inference import service as nodes
 from cyxwiz.inference.interfaces import RoutableNode
+from cyxwiz.netguard import AddressGuard
 from cyxwiz.storage.crypto import decrypt_stream
-from tests.factories import Account, Api
+from tests.factories import Account, Api, onnx_with_payload, tiny_onnx
 
 NODES = "/api/v1/nodes"
 
@@ -43,7 +45,16 @@ def make_admin(api: Api, db: Database) -> Account:
     return admin
 
 
+def approve_operator(client: TestClient, operator: Account) -> None:
+    """Make ``operator`` an approved node operator (the platform's decision, as the CLI)."""
+    db: Database = client.app.state.ctx.db  # type: ignore[attr-defined]
+    with db.session() as s:
+        user = get_user_by_username(s, operator.username)
+        nodes.decide_operator(s, user=user, decision="approve", actor=None, now=datetime.now(UTC))
+
+
 def new_node(client: TestClient, operator: Account, name: str = "box-1") -> tuple[str, str]:
+    approve_operator(client, operator)
     r = client.post(NODES, json={"name": name}, headers=operator.headers)
     assert r.status_code == 201, r.text
     body = r.json()
@@ -78,6 +89,7 @@ def version_id(client: TestClient, owner: Account, full_name: str, label: str = 
 
 def test_operator_creates_a_node_and_sees_its_token_once(client: TestClient, api: Api) -> None:
     op = api.user()
+    approve_operator(client, op)
     r = client.post(NODES, json={"name": "gpu-box"}, headers=op.headers)
     assert r.status_code == 201, r.text
     body = r.json()
@@ -246,7 +258,13 @@ def test_registration_is_validated(client: TestClient, api: Api) -> None:
 
 
 def test_production_refuses_private_node_urls() -> None:
-    ok = nodes.validate_node_url("https://node.example.com:8443/", allow_private=False)
+    def dns(host: str, port: int) -> list[str]:  # no internet DNS here: a table
+        if host == "node.example.com":
+            return ["93.184.216.34"]
+        raise socket.gaierror(socket.EAI_NONAME, "unknown")
+
+    guard = AddressGuard(allow_private=False, resolver=dns)
+    ok = nodes.validate_node_url("https://node.example.com:8443/", allow_private=False, guard=guard)
     assert ok == "https://node.example.com:8443"
     for url in (
         "http://127.0.0.1:8801",
@@ -257,7 +275,7 @@ def test_production_refuses_private_node_urls() -> None:
     ):
         assert nodes.validate_node_url(url, allow_private=True)
         with pytest.raises(Exception, match="not publicly routable"):
-            nodes.validate_node_url(url, allow_private=False)
+            nodes.validate_node_url(url, allow_private=False, guard=guard)
 
 
 # ---------------------------------------------------------------- heartbeats, eviction, drain
@@ -279,8 +297,9 @@ def test_heartbeats_update_the_node_and_stale_nodes_are_evicted(
     assert shown["warm"] == warm
     assert shown["last_heartbeat_at"].startswith(clock.now().isoformat()[:19])
     [routable] = healthy(db, clock)
-    assert routable.load == 3
-    assert routable.warm == {uuid.UUID(w) for w in warm}
+    # what the node reports is shown, never handed to routing (issue 9)
+    assert not hasattr(routable, "load")
+    assert not hasattr(routable, "warm")
     assert routable.url == "http://127.0.0.1:8801"
 
     problem(
@@ -341,29 +360,38 @@ def test_drain_stops_routing_until_resumed(
     assert len(healthy(db, clock)) == 1
 
 
-def test_choose_node_prefers_warm_then_spare_capacity() -> None:
+def test_choose_node_uses_only_the_gateways_own_measurements() -> None:
     v = uuid.uuid4()
 
-    def node(load: int, capacity: int, warm: bool) -> RoutableNode:
+    def node(assigned: bool = False) -> RoutableNode:
         return RoutableNode(
             id=uuid.uuid4(),
             operator_id=uuid.uuid4(),
             name="n",
             url="http://n",
             gateway_secret="s",
-            capacity=capacity,
-            load=load,
-            warm=frozenset({v}) if warm else frozenset(),
+            assigned=frozenset({v}) if assigned else frozenset(),
         )
 
-    cold_idle, warm_busy, warm_full = node(0, 4, False), node(2, 4, True), node(4, 4, True)
-    pool = [cold_idle, warm_busy, warm_full]
-    assert nodes.choose_node(pool, version_id=v) == warm_busy
-    # the gateway's own in-flight count fills warm_busy: go cold on the idle node
-    assert nodes.choose_node(pool, version_id=v, inflight={warm_busy.id: 2}) == cold_idle
-    assert nodes.choose_node(pool, version_id=v, exclude={warm_busy.id}) == cold_idle
-    # everyone full: the least loaded relative to capacity
-    assert nodes.choose_node([warm_full, node(9, 8, False)], version_id=v) == warm_full
+    cold, seen, assigned = node(), node(), node(assigned=True)
+    pool = [cold, seen, assigned]
+    warm = {seen.id: {v}}
+    # seen warm by the gateway first, then assigned by the platform, then anyone
+    assert nodes.choose_node(pool, version_id=v, warm=warm) == seen
+    assert nodes.choose_node(pool, version_id=v) == assigned
+    # the gateway's own in-flight count fills the warm node: the assigned one next
+    busy = {seen.id: 2}
+    assert nodes.choose_node(pool, version_id=v, warm=warm, inflight=busy, max_inflight=2) == (
+        assigned
+    )
+    assert nodes.choose_node(pool, version_id=v, warm=warm, exclude={seen.id}) == assigned
+    # everyone full: the fewest outstanding requests, then the fastest
+    full = {cold.id: 3, seen.id: 2, assigned.id: 2}
+    fast = {seen.id: 0.5, assigned.id: 0.01}
+    assert (
+        nodes.choose_node(pool, version_id=v, inflight=full, latency=fast, max_inflight=1)
+        == assigned
+    )
     assert nodes.choose_node([], version_id=v) is None
 
 
@@ -375,9 +403,9 @@ def test_keys_and_blobs_only_for_assigned_versions(
 ) -> None:
     creator, op = api.user(), api.user()
     admin = make_admin(api, db)
-    model_bytes = b"\x08\x07onnx-model-bytes" * 1000
+    model_bytes = onnx_with_payload(b"onnx-model-bytes" * 1000)  # publish takes real ONNX only
     m = api.published_model(creator, files={"model.onnx": model_bytes, "config.json": b"{}"})
-    other = api.published_model(creator, files={"model.onnx": b"another model"})
+    other = api.published_model(creator, files={"model.onnx": tiny_onnx(3.0)})
     vid = version_id(client, creator, m["full_name"])
     other_vid = version_id(client, creator, other["full_name"])
     node_id, token = new_node(client, op)
@@ -467,7 +495,7 @@ def test_assignment_rules(client: TestClient, api: Api, db: Database, clock: Tes
     admin = make_admin(api, db)
     m = api.model(creator)
     api.version(creator, m["full_name"])
-    api.upload(creator, m["full_name"], "1.0.0", "model.onnx", b"draft")
+    api.upload(creator, m["full_name"], "1.0.0", "model.onnx", tiny_onnx())
     draft = version_id(client, creator, m["full_name"])
     node_id, token = new_node(client, op)
     # drafts change: never served by nodes

@@ -28,10 +28,10 @@ from cyxwiz.provenance.loop import attestation_loop
 from cyxwiz.provenance.models import Attestation
 from cyxwiz.storage import BlobStore
 from cyxwiz.web.app import create_app
-from tests.factories import Account, Api
+from tests.factories import Account, Api, onnx_with_payload
 from tests.provenance.conftest import ChainTime, Live
 
-FILES = {"model.onnx": b"onnx-weights" * 1000, "config.json": b'{"labels": 3}'}
+FILES = {"model.onnx": onnx_with_payload(b"onnx-weights" * 1000), "config.json": b'{"labels": 3}'}
 
 
 # ---------------------------------------------------------------- helpers
@@ -572,7 +572,7 @@ def test_ui_publish_attests_too(
         m = api.model(owner, visibility="public")
         full = m["full_name"]
         api.version(owner, full)
-        api.upload(owner, full, "1.0.0", "model.onnx", b"ui-bytes")
+        api.upload(owner, full, "1.0.0", "model.onnx", onnx_with_payload(b"ui-bytes"))
         browser = Browser(client)
         r = browser.login(owner.username)
         assert r.status_code == 303, r.text

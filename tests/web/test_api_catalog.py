@@ -8,7 +8,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import Api
+from tests.factories import Api, tiny_onnx
 from tests.web.test_api_auth import problem
 
 CARD = """---
@@ -266,9 +266,9 @@ def test_version_publish_flow_and_manifest(api: Api, client: TestClient) -> None
     # drafts are invisible to others
     assert client.get(f"/api/v1/models/{full}/versions").json() == []
     problem(client.get(f"/api/v1/models/{full}/versions/1.0.0"), 404, "version_not_found")
-    a = api.upload(ada, full, "1.0.0", "model.onnx", b"A" * 1000)
+    a = api.upload(ada, full, "1.0.0", "model.onnx", tiny_onnx())
     b = api.upload(ada, full, "1.0.0", "config/labels.json", b'{"0": "cat"}')
-    assert a["sha256"] == hashlib.sha256(b"A" * 1000).hexdigest()
+    assert a["sha256"] == hashlib.sha256(tiny_onnx()).hexdigest()
     problem(
         client.post(f"/api/v1/models/{full}/versions/1.0.0/publish", headers=bob.headers),
         403,
@@ -281,7 +281,7 @@ def test_version_publish_flow_and_manifest(api: Api, client: TestClient) -> None
         "version": "1.0.0",
         "files": [
             {"path": "config/labels.json", "size": len(b'{"0": "cat"}'), "sha256": b["sha256"]},
-            {"path": "model.onnx", "size": 1000, "sha256": a["sha256"]},
+            {"path": "model.onnx", "size": len(tiny_onnx()), "sha256": a["sha256"]},
         ],
     }
     canonical = json.dumps(v["manifest"], sort_keys=True, separators=(",", ":")).encode()
@@ -321,14 +321,14 @@ def test_version_publish_flow_and_manifest(api: Api, client: TestClient) -> None
 def test_file_upload_download_range_head(api: Api, client: TestClient) -> None:
     ada = api.user()
     data = bytes(range(256)) * 1000  # 256 KB: several storage chunks
-    m = api.published_model(ada, files={"weights/model.onnx": data})
-    url = f"/api/v1/models/{m['full_name']}/versions/1.0.0/files/weights/model.onnx"
+    m = api.published_model(ada, files={"weights/model.bin": data})
+    url = f"/api/v1/models/{m['full_name']}/versions/1.0.0/files/weights/model.bin"
     r = client.get(url)
     assert r.status_code == 200
     assert r.content == data
     assert r.headers["x-checksum-sha256"] == hashlib.sha256(data).hexdigest()
     assert r.headers["accept-ranges"] == "bytes"
-    assert 'filename="model.onnx"' in r.headers["content-disposition"]
+    assert 'filename="model.bin"' in r.headers["content-disposition"]
     r = client.get(url, headers={"Range": "bytes=65530-65545"})
     assert r.status_code == 206
     assert r.content == data[65530:65546]
@@ -344,7 +344,7 @@ def test_file_upload_download_range_head(api: Api, client: TestClient) -> None:
     etag = r.headers["etag"]
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
     files = client.get(f"/api/v1/models/{m['full_name']}/versions/1.0.0/files").json()
-    assert [(f["path"], f["size"]) for f in files] == [("weights/model.onnx", len(data))]
+    assert [(f["path"], f["size"]) for f in files] == [("weights/model.bin", len(data))]
     problem(
         client.get(f"/api/v1/models/{m['full_name']}/versions/1.0.0/files/nope.bin"),
         404,
@@ -447,7 +447,7 @@ def test_upload_too_large(api: Api, client: TestClient, settings) -> None:
 
 def test_private_model_files_hidden(api: Api, client: TestClient) -> None:
     ada, bob = api.user(), api.user()
-    m = api.published_model(ada, files={"model.onnx": b"secret weights"})
+    m = api.published_model(ada, files={"model.onnx": tiny_onnx()})
     url = f"/api/v1/models/{m['full_name']}"
     client.patch(url, json={"visibility": "private"}, headers=ada.headers)
     problem(
@@ -457,7 +457,7 @@ def test_private_model_files_hidden(api: Api, client: TestClient) -> None:
     )
     assert (
         client.get(f"{url}/versions/1.0.0/files/model.onnx", headers=ada.headers).content
-        == b"secret weights"
+        == tiny_onnx()
     )
 
 

@@ -17,7 +17,7 @@ from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.storage import BlobStore
 from cyxwiz.web.app import create_app
-from tests.factories import PASSWORD, Api
+from tests.factories import PASSWORD, Api, onnx_with_payload, tiny_onnx
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 Response = Any  # TestClient's response class (httpx's, or its successor's)
@@ -242,7 +242,7 @@ Some **bold** claims and a [link](https://example.com).
 
 def test_model_page_renders_sanitized_card_metrics_and_files(browser: Browser, api: Api) -> None:
     owner = api.user()
-    data = b"\x00onnx-model-bytes" * 100
+    data = onnx_with_payload(b"\x00onnx-model-bytes" * 90)  # a valid model file
     api.published_model(
         owner,
         "iris-net",
@@ -366,7 +366,9 @@ def test_signup_login_logout_flow(browser: Browser, client: TestClient) -> None:
     assert f'value="{name}"' in r.text  # what the user typed is kept
     assert "cxw_session" not in client.cookies
 
-    r = browser.login(f"{name}@example.com")  # email works as the login too
+    r = browser.login(f"{name}@example.com")  # login is by username only
+    assert r.status_code == 401
+    r = browser.login(name.upper())
     assert r.status_code == 303
     assert "cxw_session" in client.cookies
     assert f'href="/{name}"' in browser.get("/").text
@@ -534,7 +536,8 @@ def test_upload_through_the_form_then_publish_and_download(
     assert 'enctype="multipart/form-data"' in page.text
     assert 'type="file"' in page.text
 
-    data = secrets.token_bytes(2 * 1024 * 1024 + 12345)  # several upload and cipher chunks
+    # several upload and cipher chunks, and a valid model (publishing checks .onnx files)
+    data = onnx_with_payload(secrets.token_bytes(2 * 1024 * 1024 + 12345))
     r = browser.upload(f"{base}/versions/1.0.0", "C:\\fakepath\\model.onnx", data)
     assert r.status_code == 303, r.text
     page = browser.get(r.headers["location"])
@@ -606,7 +609,7 @@ def test_upload_form_errors_rerender_the_version_page(browser: Browser) -> None:
     assert r.status_code == 409
     assert "at least one file" in r.text
 
-    r = browser.upload(base, "my model (1).onnx", b"odd name")  # a safe default path
+    r = browser.upload(base, "my model (1).onnx", tiny_onnx())  # a safe default path
     assert r.status_code == 303
     assert "my-model-1.onnx" in browser.get(base).text
     assert browser.upload(base, "a.bin", b"aaa").status_code == 303

@@ -29,11 +29,11 @@ from cyxwiz.licensing.models import License
 from cyxwiz.money import Currency
 from tests.chain_support import chain_of, funded_wallet
 from tests.chain_support import pay as wallet_pay
-from tests.factories import Account, Api
+from tests.factories import Account, Api, onnx_with_payload
 from tests.web.test_ui import HTML, Browser
 
 USDC = 1_000_000
-WEIGHTS = b"\x00\x01paid-weights" * 200
+WEIGHTS = onnx_with_payload(b"\x00\x01paid-weights" * 200)  # a valid model file
 Response = Any
 
 

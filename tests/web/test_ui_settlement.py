@@ -449,7 +449,7 @@ def test_deposit_form_errors_create_nothing(
         ("0", "more than 0"),
         ("abc", "is not a number"),
         ("1.0000001", "more than 6 decimals"),
-        ("99999999999", "amount must be between"),
+        ("1000001", "amount must be between"),
     ):
         r = submit(b, "/deposit", {**fields, "amount": amount})
         assert r.status_code == 422, amount

@@ -15,7 +15,9 @@ class User(Base):
     __tablename__ = "users"
 
     username: Mapped[str] = mapped_column(String(39), unique=True)
-    email: Mapped[str] = mapped_column(String(254), unique=True)
+    # Contact data, not an identity: not unique and not a login name, so registration never
+    # reveals whether an address already has an account (docs/security.md, accounts).
+    email: Mapped[str] = mapped_column(String(254), index=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="user")
     display_name: Mapped[str] = mapped_column(String(100), default="")

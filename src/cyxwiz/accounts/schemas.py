@@ -20,7 +20,7 @@ class RegisterIn(Strict):
 
 
 class LoginIn(Strict):
-    username: str = Field(min_length=1, max_length=254, description="username or email")
+    username: str = Field(min_length=1, max_length=254, description="username")
     password: str = Field(min_length=1, max_length=256)
 
 

@@ -12,10 +12,12 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import ApiKey, AuthToken, User
+from cyxwiz.accounts.passwords import check_password, has_control_characters
 from cyxwiz.db import utcnow
 from cyxwiz.errors import Conflict, DomainError, InvalidInput, NotAuthenticated, NotFound
 
@@ -115,11 +117,14 @@ def validate_username(username: str) -> str:
     return name
 
 
-def validate_password(password: str) -> None:
-    if len(password) < 8:
-        raise InvalidInput("password must be at least 8 characters", code="weak_password")
-    if len(password) > 256:
-        raise InvalidInput("password must be at most 256 characters", code="invalid_input")
+def validate_password(password: str, *, username: str = "", email: str = "") -> None:
+    """Return if ``password`` meets the policy (``cyxwiz.accounts.passwords``), else InvalidInput."""
+    check_password(password, username=username, email=email)
+
+
+def _usable_text(text: str) -> bool:
+    """True if ``text`` can be stored and hashed (UTF-8 encodable, no control characters)."""
+    return not has_control_characters(text)
 
 
 def register(
@@ -131,34 +136,52 @@ def register(
     role: str = "user",
     display_name: str = "",
 ) -> User:
-    """Create an account; names and emails are unique case-insensitively."""
+    """Create an account; usernames are unique case-insensitively.
+
+    Emails are contact data, not identities: they are not unique and never checked against
+    other accounts, so registering never tells anyone whether an address has an account.
+    """
     name = validate_username(username)
     mail = email.strip().lower()
-    if not EMAIL_RE.match(mail) or len(mail) > 254:
+    if not EMAIL_RE.match(mail) or len(mail) > 254 or not _usable_text(mail):
         raise InvalidInput("email is not a valid address", code="invalid_email")
-    validate_password(password)
+    validate_password(password, username=name, email=mail)
     if role not in ("user", "admin"):
         raise InvalidInput("role must be 'user' or 'admin'")
     if session.scalar(select(User.id).where(User.username == name)) is not None:
         raise Conflict(f"username {name!r} is taken", code="username_taken")
-    if session.scalar(select(User.id).where(User.email == mail)) is not None:
-        raise Conflict("an account with this email exists", code="email_taken")
+    shown = display_name.strip()[:100]
+    if not _usable_text(shown):
+        raise InvalidInput(
+            "display name must not contain control characters", code="invalid_display_name"
+        )
     user = User(
         username=name,
         email=mail,
         password_hash=_hasher.hash(password),
         role=role,
-        display_name=display_name.strip()[:100] or name,
+        display_name=shown or name,
     )
-    session.add(user)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent sign-up of the same name: 409, not 500
+            session.add(user)
+            session.flush()
+    except sa_exc.IntegrityError:
+        raise Conflict(f"username {name!r} is taken", code="username_taken") from None
     return user
 
 
 def authenticate(session: Session, *, login: str, password: str) -> User:
-    """The user whose username or email and password match, else InvalidCredentials."""
-    key = login.strip().lower()
-    user = session.scalar(select(User).where((User.username == key) | (User.email == key)))
+    """The user whose username and password match, else InvalidCredentials.
+
+    Login is by username only: emails are not unique (see ``register``)."""
+    key = normalize_username(login)
+    if not _usable_text(key) or not _usable_text(password):
+        # Unencodable or control characters match no account and no stored hash.
+        with contextlib.suppress(VerificationError):
+            _hasher.verify(_DUMMY_HASH, "cyxwiz-timing-equaliser-miss")
+        raise InvalidCredentials("username or password is wrong")
+    user = session.scalar(select(User).where(User.username == key))
     if user is None:
         with contextlib.suppress(VerificationError):
             _hasher.verify(_DUMMY_HASH, password)

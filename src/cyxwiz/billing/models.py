@@ -110,6 +110,9 @@ class Payout(Base):
     bonus: Mapped[int] = mapped_column(BigInteger, default=0)  # CYX bonus (in `paid_currency`)
     paid_currency: Mapped[str] = mapped_column(String(8))
     paid_amount: Mapped[int] = mapped_column(BigInteger)  # what lands in the wallet
+    # what this payout repaid of the user's debt first (posted at once; stays repaid if the
+    # transfer fails): the `debt.repay` transfer of the payout's linked set
+    debt_repaid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     wallet: Mapped[str] = mapped_column(String(44))
     kind: Mapped[str] = mapped_column(String(16))  # instant | scheduled
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)

@@ -16,6 +16,14 @@ Order of events, each step durable before the next:
 CYX payouts of USDC earnings: the platform buys the USDC at ``cyx_price_usdc`` and pays CYX
 from its own float (``platform:treasury:CYX``), adding ``cyx_payout_bonus_bps`` (5%) paid out of
 the platform's fee revenue (``platform:revenue:USDC`` → ``platform:treasury:USDC``).
+
+Abuse limits (issue 9): every payout debits at least the currency's minimum
+(``payout_minimum_usdc`` / ``payout_minimum_cyx``: each one is a chain transaction the platform
+pays for) and the instant fee is rounded up, never below one unit. A user who owes the platform
+(a ``CreatorDebt`` from a late refund) repays it first: the payout's linked set opens with a
+posted ``debt.repay`` transfer from the paid-out account to ``platform:receivables``, exactly as
+a release repays it, and only the rest is withdrawable; a debt in another currency blocks
+payouts until it is repaid (the ledger never exchanges currencies on its own).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
@@ -34,11 +43,14 @@ from cyxwiz.billing.flows import (
     _tid,
     cyx_rate_micro,
     earnings_account,
+    earnings_code,
     node_earnings_account,
+    node_earnings_code,
     platform_account,
     user_account,
+    user_code,
 )
-from cyxwiz.billing.models import Payout, PayoutSettings
+from cyxwiz.billing.models import CreatorDebt, Payout, PayoutSettings
 from cyxwiz.chain.interfaces import (
     BlockhashExpired,
     Chain,
@@ -52,7 +64,7 @@ from cyxwiz.errors import Conflict, DomainError, InvalidInput
 from cyxwiz.ledger import service as ledger
 from cyxwiz.ledger.models import LedgerAccount
 from cyxwiz.ledger.service import InsufficientFunds, TransferSpec
-from cyxwiz.money import Currency, bps_of, format_amount
+from cyxwiz.money import BPS, MAX_AMOUNT, Currency, bps_of, format_amount
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -63,6 +75,30 @@ class PayoutUnavailable(DomainError):
     code = "payout_unavailable"
     status = 503
     title = "Payout unavailable"
+
+
+class DebtOutstanding(DomainError):
+    """The user owes the platform (a late refund it fronted): a payout repays that first, so
+    less than the account's available amount can leave. The problem carries ``owed`` (minor
+    units of ``currency``) and ``withdrawable`` (what a payout may take now)."""
+
+    code = "debt_outstanding"
+    status = 402
+    title = "Debt to repay first"
+
+
+def payout_minimum(settings: Settings, currency: Currency) -> int:
+    """The smallest amount a payout may debit in ``currency`` (minor units)."""
+    if currency is Currency.USDC:
+        return settings.payout_minimum_usdc
+    return settings.payout_minimum_cyx
+
+
+def instant_fee(amount: int, bps: int) -> int:
+    """ceil(amount × bps / 10000), and at least one unit whenever a fee is charged at all."""
+    if bps == 0:
+        return 0
+    return max(1, -(-amount * bps // BPS))
 
 
 def source_account(
@@ -80,18 +116,90 @@ def source_account(
 def quote(
     *, settings: Settings, currency: Currency, paid_in: Currency, amount: int, instant: bool
 ) -> dict[str, int]:
-    """What a payout of ``amount`` costs and pays: fee, net, bonus, paid amount (exact ints)."""
-    fee = bps_of(amount, settings.payout_instant_fee_bps) if instant else 0
+    """What a payout of ``amount`` costs and pays: fee, net, bonus, paid amount (exact ints);
+    refuses what no payout may be (below the minimum, above ``MAX_AMOUNT``, nothing left)."""
+    if not 1 <= amount <= MAX_AMOUNT:
+        raise InvalidInput(
+            f"amount must be between 1 and {MAX_AMOUNT} minor units", code="invalid_amount"
+        )
+    if not instant and amount < settings.payout_weekly_minimum:
+        raise InvalidInput(
+            f"scheduled payouts start at {format_amount(settings.payout_weekly_minimum, currency)}",
+            code="below_payout_minimum",
+        )
+    minimum = payout_minimum(settings, currency)
+    if amount < minimum:
+        raise InvalidInput(
+            f"payouts start at {format_amount(minimum, currency)}: each one is an on-chain "
+            "transfer",
+            code="below_payout_minimum",
+            minimum=minimum,
+        )
+    fee = instant_fee(amount, settings.payout_instant_fee_bps) if instant else 0
     net = amount - fee
     if paid_in == currency:
-        return {"fee": fee, "net": net, "bonus_usdc": 0, "bonus": 0, "paid": net}
-    if currency is not Currency.USDC or paid_in is not Currency.CYX:
-        raise InvalidInput("only USDC earnings can be paid out in CYX", code="invalid_currency")
-    rate = cyx_rate_micro(settings)
-    bonus_usdc = bps_of(net, settings.cyx_payout_bonus_bps)
-    base = net * 10**6 // rate
-    paid = (net + bonus_usdc) * 10**6 // rate
-    return {"fee": fee, "net": net, "bonus_usdc": bonus_usdc, "bonus": paid - base, "paid": paid}
+        q = {"fee": fee, "net": net, "bonus_usdc": 0, "bonus": 0, "paid": net}
+    else:
+        if currency is not Currency.USDC or paid_in is not Currency.CYX:
+            raise InvalidInput("only USDC earnings can be paid out in CYX", code="invalid_currency")
+        rate = cyx_rate_micro(settings)
+        bonus_usdc = bps_of(net, settings.cyx_payout_bonus_bps)
+        base = net * 10**6 // rate
+        paid = (net + bonus_usdc) * 10**6 // rate
+        q = {"fee": fee, "net": net, "bonus_usdc": bonus_usdc, "bonus": paid - base, "paid": paid}
+    if q["paid"] <= 0:
+        raise InvalidInput("amount too small to pay out after fees", code="invalid_amount")
+    return q
+
+
+def source_code(*, user_id: uuid.UUID, source: str, currency: Currency) -> str:
+    """The ledger code of a payout source account."""
+    if source == "balance":
+        return user_code(user_id, currency)
+    if source == "earnings":
+        return earnings_code(user_id, currency)
+    if source == "node_earnings":
+        return node_earnings_code(user_id, currency)
+    raise InvalidInput(f"source must be one of {list(SOURCES)}", code="invalid_source")
+
+
+def open_debts(session: Session, *, user_id: uuid.UUID, lock: bool = False) -> list[CreatorDebt]:
+    """The user's unpaid debts to the platform, oldest first (``lock``: FOR UPDATE, taken only
+    after the accounts they are repaid between, in the global lock order)."""
+    q = (
+        select(CreatorDebt)
+        .where(CreatorDebt.user_id == user_id, CreatorDebt.remaining > 0)
+        .order_by(CreatorDebt.created_at, CreatorDebt.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(q.with_for_update() if lock else q))
+
+
+def owed_by_currency(debts: list[CreatorDebt]) -> dict[str, int]:
+    """Σ remaining per currency code."""
+    out: dict[str, int] = {}
+    for d in debts:
+        out[d.currency] = out.get(d.currency, 0) + d.remaining
+    return out
+
+
+def withdrawable(
+    session: Session, *, user_id: uuid.UUID, source: str, currency: Currency
+) -> dict[str, Any]:
+    """What a payout from ``source`` in ``currency`` can take (read-only): the account's
+    available amount, what the user owes in this currency (repaid first) and in others (which
+    block payouts until repaid), and the rest."""
+    code = source_code(user_id=user_id, source=source, currency=currency)
+    available = ledger.balance_of_code(session, code, currency).available
+    owed = owed_by_currency(open_debts(session, user_id=user_id))
+    here = owed.pop(currency.value, 0)
+    blocked = any(v > 0 for v in owed.values())
+    return {
+        "available": available,
+        "owed": here,
+        "owed_elsewhere": owed,
+        "withdrawable": 0 if blocked else max(available - here, 0),
+    }
 
 
 def request_payout(
@@ -116,25 +224,16 @@ def request_payout(
         raise InvalidInput(f"source must be one of {list(SOURCES)}", code="invalid_source")
     if kind not in ("instant", "scheduled"):
         raise InvalidInput("kind must be 'instant' or 'scheduled'", code="invalid_kind")
-    if amount < 1:
-        raise InvalidInput("amount must be positive", code="invalid_amount")
-    if kind == "scheduled" and amount < settings.payout_weekly_minimum:
-        raise InvalidInput(
-            f"scheduled payouts start at {format_amount(settings.payout_weekly_minimum, currency)}",
-            code="below_payout_minimum",
-        )
     paid = paid_in or currency
     if paid != currency and source == "balance":
         raise InvalidInput(
             "a balance is withdrawn in its own currency; CYX payouts are for earnings",
             code="invalid_currency",
         )
-    target = linked_wallet(session, user_id=user.id, address=wallet)
     q = quote(
         settings=settings, currency=currency, paid_in=paid, amount=amount, instant=kind == "instant"
     )
-    if q["paid"] <= 0:
-        raise InvalidInput("amount too small to pay out after fees", code="invalid_amount")
+    target = linked_wallet(session, user_id=user.id, address=wallet)
     payout_id = _tid("payout", user.id, idempotency_key)
     row = Payout(
         id=payout_id,
@@ -155,11 +254,19 @@ def request_payout(
     )
     src = source_account(session, user_id=user.id, source=source, currency=currency)
     specs = _pending_legs(session, row, src, q)
+    debts: list[CreatorDebt] = []
+    if open_debts(session, user_id=user.id):
+        debts, repay = _repayment(session, row, src, specs)
+        if repay is not None:
+            specs.insert(0, repay)
     try:
         with session.begin_nested():
             session.add(row)
             session.flush()
             ledger.create_transfers(session, specs)
+            for debt in debts:
+                debt.remaining = 0
+            session.flush()
     except InsufficientFunds:
         if paid != currency:
             session.refresh(src)
@@ -175,6 +282,58 @@ def request_payout(
             raise
         return _same_request(again, amount, currency, source), False
     return row, True
+
+
+def _repayment(
+    session: Session, row: Payout, src: LedgerAccount, specs: list[TransferSpec]
+) -> tuple[list[CreatorDebt], TransferSpec | None]:
+    """Lock what a repayment touches in the global order (platform accounts, then the user's,
+    then the debts), check the payout fits beside the debt, and build the ``debt.repay``
+    transfer that clears this currency's debts from the paid-out account."""
+    cur = Currency(row.currency)
+    receivables = platform_account(session, "receivables", cur)
+    touched = {receivables.id, src.id}
+    for spec in specs:
+        touched.update(a for a in (spec.debit, spec.credit) if a is not None)
+    ledger.lock_accounts(session, touched)
+    debts = open_debts(session, user_id=row.user_id, lock=True)
+    owed = owed_by_currency(debts)
+    here = owed.pop(cur.value, 0)
+    elsewhere = {c: v for c, v in owed.items() if v > 0}
+    if elsewhere:
+        other, owed_there = sorted(elsewhere.items())[0]
+        raise DebtOutstanding(
+            f"you owe the platform {format_amount(owed_there, other)} after a refund it "
+            f"fronted; repay it first (a payout in {other} or your next sales repay it) before "
+            f"paying out {cur.value}",
+            owed=owed_there,
+            currency=other,
+            withdrawable=0,
+        )
+    available = ledger.balance_of(session, src.id).available
+    if row.amount + here > available:
+        rest = max(available - here, 0)
+        raise DebtOutstanding(
+            f"you owe the platform {format_amount(here, cur)} after a refund it fronted; a "
+            f"payout repays that first, so at most {format_amount(rest, cur)} of your "
+            f"{format_amount(available, cur)} available can be paid out",
+            owed=here,
+            withdrawable=rest,
+            currency=cur.value,
+        )
+    if here == 0:
+        return [], None  # repaid meanwhile
+    row.debt_repaid = here
+    repay = TransferSpec(
+        id=_tid(row.id, "repay"),
+        code="debt.repay",
+        debit=src.id,
+        credit=receivables.id,
+        amount=here,
+        ref=f"payout:{row.id}",
+        meta={"user_id": str(row.user_id)},
+    )
+    return [d for d in debts if d.currency == cur.value], repay
 
 
 def _pending_legs(
@@ -396,9 +555,10 @@ def schedule_weekly(db: Database, *, settings: Settings, now: datetime) -> int:
             user = session.get(User, prefs.user_id)
             if user is None or not user.is_active:
                 continue
-            acct = earnings_account(session, user.id, Currency.USDC)
-            available = acct.credits_posted - acct.debits_posted - acct.debits_pending
-            if available < max(settings.payout_weekly_minimum, 1):
+            room = withdrawable(session, user_id=user.id, source="earnings", currency=Currency.USDC)
+            available = room["withdrawable"]  # a debt is repaid first, out of the same earnings
+            minimum = max(settings.payout_weekly_minimum, settings.payout_minimum_usdc, 1)
+            if available < minimum:
                 continue
             try:
                 _, created = request_payout(

@@ -140,5 +140,13 @@ class ModelFile(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     content_type: Mapped[str] = mapped_column(String(100), default="application/octet-stream")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The safety scan made at publish (cyxwiz.scanning); all None until then (drafts, and files
+    # published before scanning existed). scan_status: clean | suspicious | dangerous |
+    # not_applicable; scan_findings: the findings list (imports, problems); scanner: name/version.
+    scan_status: Mapped[str | None] = mapped_column(String(16))
+    scan_format: Mapped[str | None] = mapped_column(String(32))
+    scan_findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    scanner: Mapped[str | None] = mapped_column(String(40))
+    scanned_at: Mapped[datetime | None]
 
     version: Mapped[ModelVersion] = relationship(back_populates="files")

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from cyxwiz.catalog.cards import card_metrics, split_card
 from cyxwiz.catalog.models import Category, Model, ModelFile, ModelVersion
@@ -20,7 +20,9 @@ class Strict(BaseModel):
 
 class ContributorIn(Strict):
     username: str = Field(min_length=1, max_length=39)
-    share_bps: int = Field(ge=1, le=10000, description="basis points; all shares sum to 10000")
+    share_bps: StrictInt = Field(
+        ge=1, le=10000, description="basis points; all shares sum to 10000"
+    )
     role: str = Field(default="contributor", max_length=40)
 
 
@@ -70,12 +72,31 @@ class ContributorOut(BaseModel):
     role: str
 
 
+class FileScanOut(BaseModel):
+    """The file's safety scan at publish (docs/scanning.md); ``status`` is null until the
+    version is published (and for files published before scanning existed)."""
+
+    status: Literal["clean", "suspicious", "dangerous", "not_applicable"] | None = Field(
+        description="clean: a known format with nothing executable or only allow-listed "
+        "imports; suspicious: imports or content the scanner does not know to be harmless; "
+        "dangerous: loading it runs code (refused at publish by default); not_applicable: "
+        "a format the scanner does not analyse; null: not scanned"
+    )
+    format: str | None = Field(description="what the scanner read it as: onnx, pickle, ...")
+    findings: list[dict[str, Any]] = Field(
+        description="why: imports ('import': 'module.name', 'severity') and problems"
+    )
+    scanner: str | None
+    scanned_at: datetime | None
+
+
 class FileOut(BaseModel):
     path: str
     size: int
     sha256: str
     content_type: str
     updated_at: datetime
+    scan: FileScanOut
 
 
 class VersionCreate(Strict):
@@ -155,6 +176,13 @@ def file_out(f: ModelFile) -> FileOut:
         sha256=f.sha256,
         content_type=f.content_type,
         updated_at=f.updated_at,
+        scan=FileScanOut(
+            status=f.scan_status,
+            format=f.scan_format,
+            findings=list(f.scan_findings or []),
+            scanner=f.scanner,
+            scanned_at=f.scanned_at,
+        ),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import uuid
@@ -26,8 +27,11 @@ from cyxwiz.catalog.models import (
     ModelVersion,
 )
 from cyxwiz.catalog.taxonomy import TAXONOMY
+from cyxwiz.config import Settings
 from cyxwiz.db import utcnow
 from cyxwiz.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from cyxwiz.scanning import FileRefused, Verdict, scan_file
+from cyxwiz.storage import BlobStore
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,39}$")
@@ -515,6 +519,7 @@ def record_file(
     if existing is not None:
         existing.sha256, existing.size, existing.content_type = sha256, size, content_type
         existing.updated_at = utcnow()
+        _clear_scan(existing)
         session.flush()
         return existing
     row = ModelFile(
@@ -554,14 +559,119 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def publish_version(session: Session, *, version: ModelVersion, actor: User) -> ModelVersion:
-    """Freeze a draft version: write its manifest and digest; it can never change again."""
+@dataclass(frozen=True)
+class ScanPolicy:
+    """What publishing refuses, from the ``scan_*`` settings (docs/scanning.md)."""
+
+    refuse_dangerous: bool = True
+    refuse_suspicious: bool = False
+    onnx_max_bytes: int = 2**31 - 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScanPolicy:
+        return cls(
+            refuse_dangerous=settings.scan_refuse_dangerous,
+            refuse_suspicious=settings.scan_refuse_suspicious,
+            onnx_max_bytes=settings.scan_onnx_max_bytes,
+        )
+
+
+class BlobFile(io.RawIOBase):
+    """A read-only, seekable file over a stored blob: each read decrypts only the chunks it
+    touches, so a scanner that seeks over large arguments never holds the whole file."""
+
+    def __init__(self, blobs: BlobStore, address: str, size: int) -> None:
+        super().__init__()
+        self._blobs, self._address, self._size, self._pos = blobs, address, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self._size, self._pos + len(view))
+        if end <= self._pos:
+            return 0
+        n = 0
+        for piece in self._blobs.read_range(self._address, self._pos, end):
+            view[n : n + len(piece)] = piece
+            n += len(piece)
+        self._pos += n
+        return n
+
+
+def _clear_scan(f: ModelFile) -> None:
+    f.scan_status = f.scan_format = f.scan_findings = f.scanner = f.scanned_at = None
+
+
+def scan_version_files(
+    *, version: ModelVersion, blobs: BlobStore, policy: ScanPolicy
+) -> dict[str, Verdict]:
+    """Scan every file of ``version`` (never unpickling or running anything), store each
+    verdict on its row, and refuse what ``policy`` refuses: an ONNX file that is not a valid
+    self-contained model (FileRefused, codes in cyxwiz.scanning), a dangerous file
+    (``dangerous_file``), a suspicious one if configured (``suspicious_file``)."""
+    verdicts: dict[str, Verdict] = {}
+    now = utcnow()
+    for f in version.files:
+        raw = BlobFile(blobs, f.sha256, f.size)
+        with io.BufferedReader(raw, buffer_size=1024 * 1024) as stream:
+            verdict = scan_file(f.path, stream, f.size, onnx_max_bytes=policy.onnx_max_bytes)
+        verdicts[f.path] = verdict
+        f.scan_status, f.scan_format = verdict.status, verdict.format
+        f.scan_findings, f.scanner, f.scanned_at = verdict.findings, verdict.scanner, now
+    for path, verdict in verdicts.items():
+        if verdict.status == "dangerous" and policy.refuse_dangerous:
+            imports = verdict.dangerous_imports()
+            raise FileRefused(
+                f"{path} is dangerous: loading it would run "
+                + (", ".join(imports[:5]) if imports else "code the scanner found")
+                + "; publish model weights in a format that cannot run code (ONNX, "
+                "safetensors)",
+                code="dangerous_file",
+                path=path,
+                imports=imports[:20],
+            )
+        if verdict.status == "suspicious" and policy.refuse_suspicious:
+            raise FileRefused(
+                f"{path} is suspicious: "
+                + "; ".join(str(f.get("import") or f.get("detail")) for f in verdict.findings[:5]),
+                code="suspicious_file",
+                path=path,
+            )
+    return verdicts
+
+
+def publish_version(
+    session: Session,
+    *,
+    version: ModelVersion,
+    actor: User,
+    blobs: BlobStore,
+    policy: ScanPolicy | None = None,
+) -> ModelVersion:
+    """Freeze a draft version once every file passed its scan (``scan_version_files``):
+    write its manifest and digest; it can never change again."""
     _require_edit(version.model, actor)
     _require_draft(version)
     if not version.files:
         raise Conflict(
             "a version needs at least one file before it is published", code="version_empty"
         )
+    scan_version_files(version=version, blobs=blobs, policy=policy or ScanPolicy())
     now = utcnow()
     version.manifest = build_manifest(version)
     version.manifest_sha256 = manifest_digest(version.manifest)

@@ -25,10 +25,15 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 billing_app = typer.Typer(help="Money flows run by operators.", no_args_is_help=True)
+operators_app = typer.Typer(
+    help="Node operators: the trust tier allowed to run inference nodes (admin).",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(billing_app, name="billing")
+app.add_typer(operators_app, name="operators")
 app.add_typer(wallet_app, name="wallet")
 app.add_typer(chain_app, name="chain")
 app.command("verify")(verify_cmd)
@@ -126,13 +131,24 @@ def serve(
         if workers > 1:
             os.environ["CYXWIZ_DATA_DIR"] = str(settings.data_dir)
             uvicorn.run(
-                "cyxwiz.web.asgi:app", host=host, port=port, workers=workers, log_level="info"
+                "cyxwiz.web.asgi:app",
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="info",
+                server_header=False,  # no "Server: uvicorn" banner
+                proxy_headers=False,  # X-Forwarded-For: CYXWIZ_TRUSTED_PROXY_COUNT decides
             )
             return
         from cyxwiz.web.app import create_app
 
         uvicorn.run(
-            create_app(settings, run_scheduler=True), host=host, port=port, log_level="info"
+            create_app(settings, run_scheduler=True),
+            host=host,
+            port=port,
+            log_level="info",
+            server_header=False,  # no "Server: uvicorn" banner
+            proxy_headers=False,  # X-Forwarded-For: CYXWIZ_TRUSTED_PROXY_COUNT decides
         )
     finally:
         if local is not None:
@@ -141,11 +157,35 @@ def serve(
 
 LOCAL_OPERATOR = "local-node-operator"
 LOCAL_NODE = "local"
+LOCAL_TRUST_REASON = "the platform's own local node, trusted by configuration (cyxwiz serve)"
+
+
+def _trust_local_operator(session: Any, operator: Any) -> Any:
+    """Approve ``serve``'s own operator account, as the platform (no admin involved)."""
+    from cyxwiz.clock import SystemClock
+    from cyxwiz.inference import service as nodes
+
+    return nodes.decide_operator(
+        session,
+        user=operator,
+        decision="approve",
+        actor=None,
+        now=SystemClock().now(),
+        reason=LOCAL_TRUST_REASON,
+    )
 
 
 def _start_local_node(settings: Settings, *, host: str, port: int, node_port: int) -> Any:
     """Create (once) the system operator and its node, rotate the node's token (the old one
-    dies), and spawn ``cyxwiz node`` with the token in its environment."""
+    dies), and spawn ``cyxwiz node`` with the token in its environment.
+
+    The local node is trusted by configuration (``serve`` starts it; production never does),
+    not by anyone's claim: ``serve`` approves the operator account it created itself, in the
+    same transaction, recorded as the platform's decision. An account of that name it did not
+    create (no such platform approval on record) is not trusted: no local node then, and a
+    hint to approve it with ``cyxwiz operators approve`` if it is yours. An admin's later
+    revocation is respected.
+    """
     import os
     import secrets
     import subprocess
@@ -171,6 +211,27 @@ def _start_local_node(settings: Settings, *, host: str, port: int, node_port: in
                     password=secrets.token_urlsafe(32),  # never used: nobody logs in as it
                     display_name="Local inference node",
                 )
+                _trust_local_operator(session, operator)
+            record = nodes.operator_record(session, user_id=operator.id)
+            if (
+                record is not None
+                and record.status == "applied"
+                and record.statement == nodes.MIGRATED_OPERATOR_STATEMENT
+                and operator.email == f"{LOCAL_OPERATOR}@localhost.invalid"
+            ):
+                # A data dir from before operator approval existed: migration 0007 filed this
+                # server's own operator (created above by an earlier `serve`) as a pending
+                # application like every other operator. It is still ours: trust it again.
+                record = _trust_local_operator(session, operator)
+            if record is None or record.status != "approved":
+                typer.secho(
+                    f"no local node: the account {LOCAL_OPERATOR!r} is not an approved node "
+                    f"operator (status: {record.status if record else 'never applied'}); if it "
+                    f"is this server's own, run `cyxwiz operators approve {LOCAL_OPERATOR}`",
+                    fg="yellow",
+                    err=True,
+                )
+                return None
             found = session.scalar(
                 select(Node).where(
                     Node.operator_id == operator.id,
@@ -331,7 +392,11 @@ def node_cmd(
         f"marketplace {marketplace}",
         fg="green",
     )
-    uvicorn.run(create_node_app(config), host=host, port=port, log_level="info", access_log=False)
+    from cyxwiz.node.runtime import enter_workdir
+
+    agent = create_node_app(config)  # resolves its paths before the chdir below
+    enter_workdir(agent.workdir)  # an empty private cwd: nothing for a model to reach
+    uvicorn.run(agent, host=host, port=port, log_level="info", access_log=False)
 
 
 @db_app.command("upgrade")
@@ -532,6 +597,97 @@ def billing_sweep(data_dir: DataDir = None) -> None:
         f"{f' (charged {charged} minor units)' if charged else ''}, {total.released} released;"
         f" {total.skipped} still held by a live process"
     )
+
+
+@operators_app.command("list")
+def operators_list(
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only this status: applied, approved, rejected or revoked."),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List node operator applications and standings (pending first by age)."""
+    from sqlalchemy import select
+
+    from cyxwiz.db import Database
+    from cyxwiz.inference.models import OPERATOR_STATUSES, NodeOperator
+
+    if status is not None and status not in OPERATOR_STATUSES:
+        typer.secho(f"error: --status must be one of {', '.join(OPERATOR_STATUSES)}", err=True)
+        raise typer.Exit(2)
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            query = select(NodeOperator).order_by(NodeOperator.applied_at, NodeOperator.created_at)
+            if status is not None:
+                query = query.where(NodeOperator.status == status)
+            rows = list(session.scalars(query))
+            for row in rows:
+                by = row.decided_by.username if row.decided_by is not None else "platform"
+                decided = f" by {by} {row.decided_at:%Y-%m-%d %H:%M}" if row.decided_at else ""
+                typer.echo(f"{row.user.username:<39} {row.status:<9}{decided}")
+                if row.statement:
+                    typer.echo(f"    statement: {row.statement[:200]}")
+                if row.reason:
+                    typer.echo(f"    reason: {row.reason}")
+            if not rows:
+                typer.echo("no node operators")
+    finally:
+        db.engine.dispose()
+
+
+def _decide_operator(decision: str, username: str, reason: str, data_dir: Path | None) -> None:
+    from cyxwiz.accounts.service import get_user_by_username
+    from cyxwiz.clock import SystemClock
+    from cyxwiz.db import Database
+    from cyxwiz.errors import DomainError
+    from cyxwiz.inference import service as nodes
+
+    settings = load_settings(data_dir)
+    _upgrade(settings)
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with db.session() as session:
+            user = get_user_by_username(session, username)
+            row = nodes.decide_operator(
+                session,
+                user=user,
+                decision=decision,
+                actor=None,  # the platform itself: whoever runs this holds the database
+                now=SystemClock().now(),
+                reason=reason,
+            )
+            typer.echo(f"{user.username}: {row.status}")
+    except DomainError as exc:
+        typer.secho(f"error [{exc.code}]: {exc.detail}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.engine.dispose()
+
+
+Reason = Annotated[str, typer.Option(help="Why (shown to the user).")]
+
+
+@operators_app.command("approve")
+def operators_approve(username: str, reason: Reason = "", data_dir: DataDir = None) -> None:
+    """Let USERNAME run inference nodes (with or without an application)."""
+    _decide_operator("approve", username, reason, data_dir)
+
+
+@operators_app.command("reject")
+def operators_reject(username: str, reason: Reason = "", data_dir: DataDir = None) -> None:
+    """Turn down USERNAME's pending application."""
+    _decide_operator("reject", username, reason, data_dir)
+
+
+@operators_app.command("revoke")
+def operators_revoke(username: str, reason: Reason = "", data_dir: DataDir = None) -> None:
+    """Withdraw USERNAME's approval: their nodes leave routing and lose key access at once
+    (running servers drop them from routing within their node-table refresh)."""
+    _decide_operator("revoke", username, reason, data_dir)
 
 
 def run() -> None:

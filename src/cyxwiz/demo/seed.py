@@ -357,7 +357,7 @@ def load_models(session: Session, blobs: BlobStore, models: list[DemoModel]) -> 
                 size=info.size,
                 content_type=content_type,
             )
-        catalog.publish_version(session, version=version, actor=owner)
+        catalog.publish_version(session, version=version, actor=owner, blobs=blobs)
         created += 1
     return SeedReport(creators=len(creators), models_created=created, models_existing=existing)
 

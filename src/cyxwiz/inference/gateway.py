@@ -54,16 +54,25 @@ from cyxwiz.errors import (
 )
 from cyxwiz.inference import service
 from cyxwiz.inference.cache import ResultCache, TTLCache, input_digest
-from cyxwiz.inference.interfaces import Meter, NodeCallError, NodeUnavailable, RoutableNode, Ticket
+from cyxwiz.inference.interfaces import (
+    Meter,
+    NodeCallError,
+    NodeUnavailable,
+    OperatorNotApproved,
+    RoutableNode,
+    Ticket,
+)
 from cyxwiz.inference.metering import count_tokens
 from cyxwiz.inference.node_client import (
     CLIENT_ERRORS,
     ModelMetadata,
+    NodeAnswerTooLarge,
     NodeClient,
     oip_to_simple,
     simple_to_oip,
 )
 from cyxwiz.inference.ratelimit import Limit, RateLimiter, rate_limiter_from_settings
+from cyxwiz.netguard import AddressGuard, UnsafeAddress
 
 log = logging.getLogger("cyxwiz.gateway")
 T = TypeVar("T")
@@ -71,15 +80,27 @@ T = TypeVar("T")
 SCOPE = "inference"
 SUSPECT_SECONDS = 5.0  # a node that just failed gets no new work for this long, if others can
 META_DETERMINISTIC = "cyxwiz.deterministic"  # ONNX metadata "false" turns the result cache off
+META_MAX_BATCH_ROWS = "cyxwiz.max_batch_rows"  # ONNX metadata: most rows per call (a model's own)
 MAX_NODE_HEADER_BYTES = 64 * 1024  # a node's answer headers beyond this: a broken node
 PLANS = ("demo", "paid", "owner")  # Ticket.kind: what a call's rate limit depends on
 PLAN_MEMO_SECONDS = 300.0  # how long a caller's last plan on a model is remembered
+LATENCY_ALPHA = 0.3  # weight of the newest call in a node's latency EWMA
+# A node's answer the gateway could not use: the call fails as the node's fault (502).
+BAD_ANSWER_CODES = frozenset({"bad_node_answer", "node_answer_too_large"})
 
 
 class ModelUnavailable(DomainError):
     code = "model_unavailable"
     status = 503
     title = "Model unavailable"
+
+
+class BadNodeAnswer(DomainError):
+    """Every node tried answered something unusable (too large, malformed): 502."""
+
+    code = "bad_node_answer"
+    status = 502
+    title = "Bad answer from the inference node"
 
 
 class RateLimited(DomainError):
@@ -106,6 +127,58 @@ class MeteringUnavailable(DomainError):
     title = "Metering unavailable"
 
 
+class EmptyBatch(DomainError):
+    """A call with no rows (``shape [0, 4]``, ``{"inputs": []}``): refused, never billed."""
+
+    code = "empty_batch"
+    status = 422
+    title = "Empty batch"
+
+
+class BatchTooLarge(DomainError):
+    """More rows than the model's ``cyxwiz.max_batch_rows`` (else ``inference_max_batch_rows``)."""
+
+    code = "batch_too_large"
+    status = 413
+    title = "Batch too large"
+
+
+def batch_rows(request: dict[str, Any]) -> int:
+    """The batch size of an OIP request: the first dimension of its inputs (a scalar input is
+    one row), the same for every input. ``invalid_input`` (400) for a missing or malformed
+    shape or inputs that disagree; ``empty_batch`` (422) when a tensor holds no element."""
+    tensors = request.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise InvalidInput(
+            "'inputs' must be a non-empty array of tensors", code="invalid_input", status=400
+        )
+    rows: int | None = None
+    for t in tensors:
+        shape = t.get("shape") if isinstance(t, dict) else None
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidInput(
+                "every input needs a 'shape': a list of non-negative integers",
+                code="invalid_input",
+                status=400,
+                reason="wrong_shape",
+            )
+        if 0 in shape:
+            raise EmptyBatch(f"input {t.get('name')!r} has shape {shape}: no rows to run")
+        n = shape[0] if shape else 1
+        if rows is not None and n != rows:
+            raise InvalidInput(
+                f"the inputs disagree on the batch size (their first dimension): {rows} and {n}",
+                code="invalid_input",
+                status=400,
+                reason="inconsistent_batch",
+            )
+        rows = n
+    assert rows is not None
+    return rows
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling (a detached snapshot of the resolved bearer)."""
@@ -119,6 +192,12 @@ class Caller:
     @cached_property  # (a frozen dataclass still has a __dict__ for it)
     def bucket(self) -> str:
         return f"k:{self.api_key_id}" if self.api_key_id is not None else f"u:{self.user_id}"
+
+
+# Who calls without credentials (OIP model readiness): sees public and unlisted models only.
+ANONYMOUS = Caller(
+    user_id=uuid.UUID(int=0), is_admin=False, via="anonymous", api_key_id=None, scopes=None
+)
 
 
 def plan_limits(settings: Settings) -> dict[str, Limit]:
@@ -249,8 +328,19 @@ class Gateway:
         self._assigned: set[tuple[uuid.UUID, uuid.UUID]] = set()
         self._deterministic: dict[uuid.UUID, bool] = {}
         self._meta: dict[uuid.UUID, ModelMetadata] = {}
+        self._max_rows: dict[uuid.UUID, int] = {}  # most rows per call, per version
         self._suspects: dict[uuid.UUID, float] = {}  # node id -> avoid until (monotonic)
         self.inflight: defaultdict[uuid.UUID, int] = defaultdict(int)
+        # The platform's own measurements per node (routing never believes a node's claims):
+        # versions this gateway saw it answer, latency EWMA (s), failures, health checks.
+        self.seen_warm: dict[uuid.UUID, set[uuid.UUID]] = {}
+        self.latency: dict[uuid.UUID, float] = {}
+        self.failures: Counter[uuid.UUID] = Counter()
+        # node id -> ((url, secret) checked, passed); a new registration is checked anew
+        self.health: dict[uuid.UUID, tuple[tuple[str, str], bool]] = {}
+        self._checking: dict[uuid.UUID, asyncio.Future[bool]] = {}
+        self._health_task: asyncio.Task[None] | None = None
+        self.guard: AddressGuard = service.address_guard(settings)
         # node_failures, retries, unavailable, cache_hits, cold_assignments (for operators)
         self.stats: Counter[str] = Counter()
 
@@ -265,22 +355,50 @@ class Gateway:
     @property
     def nodes(self) -> NodeClient:
         if self._nodes is None:
-            self._nodes = NodeClient(timeout=self.settings.inference_node_timeout_seconds)
+            self._nodes = NodeClient(
+                timeout=self.settings.inference_node_timeout_seconds,
+                max_response_bytes=self.settings.node_max_response_bytes,
+                guard=self.guard,
+            )
         return self._nodes
 
     async def start(self) -> None:
-        """Start the meter's background work (its flusher), if it has any."""
+        """Start the meter's background work (its flusher), if it has any, and the periodic
+        health checks of nodes."""
         start = getattr(self.meter, "start", None)
         if start is not None:
             await start()
+        if self._health_task is None:
+            self._health_task = asyncio.ensure_future(self._health_loop())
 
     @property
     def conns(self) -> NodeConnections:
         if self._conns is None:
-            self._conns = NodeConnections(timeout=self.settings.inference_node_timeout_seconds)
+            self._conns = NodeConnections(
+                timeout=self.settings.inference_node_timeout_seconds,
+                max_response_bytes=self.settings.node_max_response_bytes,
+                guard=self.guard,
+            )
         return self._conns
 
+    def set_guard(self, guard: AddressGuard) -> None:
+        """Use ``guard`` for node addresses from now on (registration and connect time)."""
+        self.guard = guard
+        if self._conns is not None:
+            self._conns.guard = guard
+        if self._nodes is not None:
+            self._nodes.guard = guard
+
     async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._health_task
+            self._health_task = None
+        for check in list(self._checking.values()):
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await check
         if self._conns is not None:
             await self._conns.aclose()
             self._conns = None
@@ -444,10 +562,94 @@ class Gateway:
 
         try:
             await anyio.to_thread.run_sync(assign)
-        except NodeUnavailable as exc:
+        except (NodeUnavailable, OperatorNotApproved) as exc:
             raise NodeCallError(exc.detail, retryable=True, code="node_unavailable") from None
         self._assigned.add((node.id, version_id))
         self.stats["cold_assignments"] += 1
+
+    def forget_operator(self, operator_id: uuid.UUID) -> None:
+        """Drop ``operator_id``'s nodes from this replica's routing table now (revocation)
+        and reload the table on the next request."""
+        self._table = [n for n in self._table if n.operator_id != operator_id]
+        self._table_expires = 0.0
+
+    # ------------------------------------------------------------ health checks (own)
+
+    def _health_of(self, node: RoutableNode) -> bool | None:
+        """Whether this gateway's latest check of ``node`` (at its current URL and secret)
+        passed; None when it was never checked."""
+        found = self.health.get(node.id)
+        if found is None or found[0] != (node.url, node.gateway_secret):
+            return None
+        return found[1]
+
+    async def check_health(self, node: RoutableNode) -> bool:
+        """Check ``node``'s readiness now (one check at a time per node); record and return
+        whether it passed. The check is the platform's own: GET /v2/health/ready with the
+        gateway secret, within ``inference_node_health_timeout_seconds``."""
+        running = self._checking.get(node.id)
+        if running is None:
+            running = asyncio.ensure_future(self._check(node))
+            self._checking[node.id] = running
+            running.add_done_callback(lambda _: self._checking.pop(node.id, None))
+        return await asyncio.shield(running)
+
+    async def _check(self, node: RoutableNode) -> bool:
+        key = (node.url, node.gateway_secret)
+        why = ""
+        try:
+            await self.nodes.ready(
+                node, timeout=self.settings.inference_node_health_timeout_seconds
+            )
+            ok = True
+        except NodeCallError as exc:
+            ok, why = False, f"{exc.code}: {exc.detail}"
+        except Exception as exc:  # a check never raises: it fails
+            log.exception("health check of node %s failed", node.name)
+            ok, why = False, repr(exc)
+        previous = self.health.get(node.id)
+        if previous is None or previous[0] != key:  # a new registration: nothing seen warm
+            self.seen_warm.pop(node.id, None)
+        self.health[node.id] = (key, ok)
+        if not ok:
+            self.stats["health_failures"] += 1
+            if previous is None or previous[1]:
+                log.warning("node %s failed its health check (%s): out of routing", node.name, why)
+        return ok
+
+    async def _routable(self, table: list[RoutableNode]) -> list[RoutableNode]:
+        """The nodes of ``table`` whose latest health check passed. Unchecked ones (new or
+        re-registered) are checked now — awaited only when no checked node passed."""
+        unchecked = [n for n in table if self._health_of(n) is None]
+        if unchecked:
+            checks = [asyncio.ensure_future(self.check_health(n)) for n in unchecked]
+            if not any(self._health_of(n) for n in table):
+                await asyncio.gather(*checks)
+        return [n for n in table if self._health_of(n)]
+
+    async def _health_loop(self) -> None:
+        """Re-check every node of the routing table every
+        ``inference_node_health_interval_seconds`` (a failing node leaves routing until a
+        check passes). Only nodes the table already holds: no database work here."""
+        while True:
+            await asyncio.sleep(self.settings.inference_node_health_interval_seconds)
+            try:
+                table = list(self._table)
+                if table:
+                    await asyncio.gather(*(self.check_health(n) for n in table))
+                live = {n.id for n in table}
+                for node_id in [k for k in self.health if k not in live]:
+                    del self.health[node_id]
+            except Exception:  # keep checking
+                log.exception("node health checks failed")
+
+    def _measure(self, node: RoutableNode, version_id: uuid.UUID, seconds: float) -> None:
+        """Record a successful call: the version is warm there (as seen), latency EWMA."""
+        self.seen_warm.setdefault(node.id, set()).add(version_id)
+        before = self.latency.get(node.id)
+        self.latency[node.id] = (
+            seconds if before is None else before + LATENCY_ALPHA * (seconds - before)
+        )
 
     def _avoid(self, exclude: list[uuid.UUID]) -> list[uuid.UUID]:
         """``exclude`` plus nodes that failed in the last ``SUSPECT_SECONDS`` (until the
@@ -468,35 +670,43 @@ class Gateway:
         exclude: list[uuid.UUID] = []
         failure: NodeCallError | None = None
         force = False
-        for _ in range(2):
-            table = await self.routing_table(force=force)
-            node = service.choose_node(
+
+        def pick(table: list[RoutableNode], skip: list[uuid.UUID]) -> RoutableNode | None:
+            return service.choose_node(
                 table,
                 version_id=target.version_id,
-                exclude=self._avoid(exclude),
+                exclude=skip,
                 inflight=self.inflight,
-            ) or service.choose_node(  # only suspects left: try them rather than fail
-                table, version_id=target.version_id, exclude=exclude, inflight=self.inflight
+                warm=self.seen_warm,
+                latency=self.latency,
+                max_inflight=self.settings.inference_node_max_inflight,
             )
+
+        for _ in range(2):
+            table = await self._routable(await self.routing_table(force=force))
+            # only suspects left: try them rather than fail
+            node = pick(table, self._avoid(exclude)) or pick(table, exclude)
             if node is None and not force:
-                table = await self.routing_table(force=True)
-                node = service.choose_node(
-                    table, version_id=target.version_id, exclude=exclude, inflight=self.inflight
-                )
+                table = await self._routable(await self.routing_table(force=True))
+                node = pick(table, exclude)
             if node is None:
                 break
             if exclude:
                 self.stats["retries"] += 1
             self.inflight[node.id] += 1
+            started = time.perf_counter()
             try:
                 await self._ensure_assigned(node, target.version_id)
-                return await call(node), node
+                result = await call(node)
+                self._measure(node, target.version_id, time.perf_counter() - started)
+                return result, node
             except NodeCallError as exc:
                 if not exc.retryable:
                     raise _callers_fault(exc) from None
                 log.warning("node %s failed for %s: %s", node.name, target.full_name, exc.detail)
                 failure = exc
                 self.stats["node_failures"] += 1
+                self.failures[node.id] += 1
                 self._suspects[node.id] = time.monotonic() + SUSPECT_SECONDS
                 exclude.append(node.id)
                 force = exc.code in ("invalid_gateway_secret", "node_unavailable")
@@ -505,6 +715,11 @@ class Gateway:
         self.stats["unavailable"] += 1
         if failure is None:
             raise ModelUnavailable(f"no healthy node can serve {target.full_name} right now")
+        if failure.code in BAD_ANSWER_CODES:
+            raise BadNodeAnswer(
+                f"{target.full_name}: the node's answer was refused: {failure.detail}",
+                reason=failure.code,
+            )
         raise ModelUnavailable(
             f"{target.full_name} is unavailable: {failure.code} ({failure.detail})",
             reason=failure.code,
@@ -519,18 +734,24 @@ class Gateway:
         work: Callable[[], Awaitable[Answer]],
         *,
         units: int,
+        rows: int,
         checked: str | None,
+        client_ip: str | None,
     ) -> Answer:
-        """``work`` under a ticket: settled on success, cancelled on any failure. ``checked``
-        is the plan whose bucket the call already took a token from (``expected_plan``); if
-        the ticket's plan differs (or none was known), the call takes a token from its own
-        plan's bucket now — a refusal cancels the ticket (a demo credit comes back)."""
+        """``work`` under a ticket for ``rows`` rows (``units`` input tokens): settled on
+        success — durably, before the answer is returned — cancelled on any failure.
+        ``checked`` is the plan whose bucket the call already took a token from
+        (``expected_plan``); if the ticket's plan differs (or none was known), the call takes
+        a token from its own plan's bucket now — a refusal cancels the ticket (a demo credit
+        comes back)."""
         ticket = await self.meter.authorize(
             user_id=caller.user_id,
             model_id=target.model_id,
             version_id=target.version_id,
             api_key_id=caller.api_key_id,
             units=units,
+            rows=rows,
+            client_ip=client_ip,
         )
         if ticket.kind != checked:
             self._plans.put((caller.bucket, target.model_id), ticket.kind)
@@ -566,11 +787,43 @@ class Gateway:
         self._meta[version_id] = meta
         flag = meta.properties.get(META_DETERMINISTIC, "true").strip().lower()
         self._deterministic[version_id] = flag not in ("false", "0", "no")
+        raw = meta.properties.get(META_MAX_BATCH_ROWS, "").strip()
+        most = int(raw) if raw.isdigit() and int(raw) > 0 else 0
+        self._max_rows[version_id] = most or self.settings.inference_max_batch_rows
+
+    async def _metadata(self, target: Target) -> ModelMetadata:
+        """The version's metadata (from a node, once per version and replica; not metered):
+        what a call's rows are checked against before anything is spent."""
+        known = self._meta.get(target.version_id)
+        if known is not None:
+            return known
+
+        async def call(node: RoutableNode) -> ModelMetadata:
+            return await self.nodes.metadata(node, target.version_id)
+
+        meta, _ = await self.run_on_node(target, call)
+        self._learn(target.version_id, meta)
+        return meta
+
+    def _check_rows(self, target: Target, rows: int) -> None:
+        """``batch_too_large`` (413) above the version's most rows per call."""
+        most = self._max_rows.get(target.version_id, self.settings.inference_max_batch_rows)
+        if rows > most:
+            raise BatchTooLarge(
+                f"this call has {rows} rows; {target.full_name} takes at most {most} per call "
+                "(split the batch)",
+                rows=rows,
+                max_rows=most,
+            )
 
     # ------------------------------------------------------------ the two forms
 
-    async def infer_simple(self, *, caller: Caller, target: Target, body: bytes) -> Answer:
-        """Simple JSON (``{"inputs": ...}`` as the model card shows) → simple JSON answer."""
+    async def infer_simple(
+        self, *, caller: Caller, target: Target, body: bytes, client_ip: str | None = None
+    ) -> Answer:
+        """Simple JSON (``{"inputs": ...}`` as the model card shows) → simple JSON answer.
+        Metered per row (a row = one instance of the batch); ``client_ip`` is what demo calls
+        are budgeted by."""
         payload = parse_json(body)
         inputs = payload.get("inputs") if isinstance(payload, dict) else payload
         if inputs is None:
@@ -578,6 +831,15 @@ class Gateway:
         plan = self.expected_plan(caller, target)
         if plan is not None:  # refused calls never reach metering
             await self.check_rate(caller, plan)
+        if isinstance(inputs, list | dict | str) and not inputs:
+            raise EmptyBatch('"inputs" is empty: no rows to run')
+        meta = await self._metadata(target)
+        converted = simple_to_oip(meta, inputs)  # 400 invalid_input when it does not fit
+        shape = converted["inputs"][0]["shape"]
+        if 0 in shape:
+            raise EmptyBatch(f"the inputs make a tensor of shape {shape}: no rows to run")
+        rows = shape[0] if shape else 1
+        self._check_rows(target, rows)
 
         async def work() -> Answer:
             request_id = os.urandom(16).hex()
@@ -592,15 +854,10 @@ class Gateway:
                     )
 
             async def call(node: RoutableNode) -> dict[str, Any]:
-                meta = self._meta.get(target.version_id)  # versions are immutable
-                if meta is None:
-                    meta = await self.nodes.metadata(node, target.version_id)
-                    self._learn(target.version_id, meta)
-                request = simple_to_oip(meta, inputs, request_id=request_id)
-                shape = request["inputs"][0]["shape"]
+                request = {**converted, "id": request_id}
                 raw = await self.conns.post(node, target.node_path, orjson.dumps(request))
                 response = _json_object(node, raw)
-                return oip_to_simple(meta, response, shape[0] if shape else 1)
+                return oip_to_simple(meta, response, rows)
 
             out, node = await self.run_on_node(target, call)
             if self._cacheable(target.version_id):
@@ -608,7 +865,9 @@ class Gateway:
             return Answer(self._simple_body(target, request_id, out), request_id, False, node.id)
 
         units = self._simple_units(target.version_id, inputs)
-        return await self._metered(caller, target, work, units=units, checked=plan)
+        return await self._metered(
+            caller, target, work, units=units, rows=rows, checked=plan, client_ip=client_ip
+        )
 
     @staticmethod
     def _simple_body(target: Target, request_id: str, out: dict[str, Any]) -> bytes:
@@ -622,9 +881,12 @@ class Gateway:
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
 
-    async def infer_v2(self, *, caller: Caller, target: Target, body: bytes) -> Answer:
+    async def infer_v2(
+        self, *, caller: Caller, target: Target, body: bytes, client_ip: str | None = None
+    ) -> Answer:
         """An Open Inference Protocol request passed through to a node as is; the answer's
-        ``model_name`` is ``owner--name``."""
+        ``model_name`` is ``owner--name``. Metered per row: the first dimension of the inputs
+        (``batch_rows``); ``client_ip`` is what demo calls are budgeted by."""
         request = parse_json(body)
         if not isinstance(request, dict):
             raise InvalidInput("an inference request is a JSON object with 'inputs'", status=400)
@@ -632,6 +894,9 @@ class Gateway:
         plan = self.expected_plan(caller, target)
         if plan is not None:  # refused calls never reach metering
             await self.check_rate(caller, plan)
+        rows = batch_rows(request)  # 400 / 422 empty_batch before anything is spent
+        await self._metadata(target)
+        self._check_rows(target, rows)
 
         async def work() -> Answer:
             request_id = os.urandom(16).hex()
@@ -645,10 +910,6 @@ class Gateway:
                     return Answer(orjson.dumps({**hit, "id": answer_id}), request_id, True, None)
 
             async def call(node: RoutableNode) -> dict[str, Any]:
-                if target.version_id not in self._deterministic:
-                    self._learn(
-                        target.version_id, await self.nodes.metadata(node, target.version_id)
-                    )
                 raw = await self.conns.post(node, target.node_path, body)
                 return _json_object(node, raw)
 
@@ -662,14 +923,14 @@ class Gateway:
                 )
             return Answer(orjson.dumps(out), request_id, False, node.id)
 
-        tensors = request.get("inputs")
+        tensors = request["inputs"]
         strings = [
-            t.get("data")
-            for t in (tensors if isinstance(tensors, list) else [])
-            if isinstance(t, dict) and t.get("datatype") == "BYTES"
+            t.get("data") for t in tensors if isinstance(t, dict) and t.get("datatype") == "BYTES"
         ]
         units = count_tokens(strings) if strings else 1
-        return await self._metered(caller, target, work, units=units, checked=plan)
+        return await self._metered(
+            caller, target, work, units=units, rows=rows, checked=plan, client_ip=client_ip
+        )
 
     async def metadata_v2(self, *, target: Target) -> bytes:
         """``GET /v2/models/{owner--name}``: the node's model metadata under the OIP name."""
@@ -778,7 +1039,10 @@ def _callers_fault(exc: NodeCallError) -> DomainError:
 
 class _NodeConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection to a node: one request at a time, its answer parsed
-    by httptools (Content-Length, chunked, or until the node closes)."""
+    by httptools (Content-Length, chunked, or until the node closes). An answer whose
+    Content-Length or received body exceeds the pool's ``max_response_bytes`` fails at once
+    (``NodeAnswerTooLarge``) and the connection is closed: a node cannot make the gateway
+    buffer more than that."""
 
     def __init__(self, pool: NodeConnections, key: str) -> None:
         self.pool = pool
@@ -787,6 +1051,8 @@ class _NodeConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.too_large: NodeAnswerTooLarge | None = None
         self.head_bytes = 0
         self.headers_done = False
         self.until_eof = True  # no Content-Length / chunked: the body ends when the node closes
@@ -809,7 +1075,10 @@ class _NodeConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(ValueError("the node upgraded the connection"))
         except (httptools.HttpParserError, ValueError) as exc:
-            self._fail(ValueError(f"invalid HTTP answer ({exc})"))
+            if self.too_large is not None:  # raised by a callback: the answer is too large
+                self._fail(self.too_large)
+            else:
+                self._fail(ValueError(f"invalid HTTP answer ({exc})"))
 
     def eof_received(self) -> bool:
         return False  # close our side too (connection_lost follows)
@@ -831,11 +1100,29 @@ class _NodeConnection(asyncio.Protocol):
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
             self.until_eof = False
+        if lower == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise ValueError("the node sent an invalid Content-Length") from None
+            if declared > self.pool.max_response_bytes:
+                self.too_large = NodeAnswerTooLarge(
+                    f"the node announced a {declared}-byte answer (limit "
+                    f"{self.pool.max_response_bytes})"
+                )
+                raise self.too_large
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.pool.max_response_bytes:
+            self.too_large = NodeAnswerTooLarge(
+                f"the node's answer exceeds {self.pool.max_response_bytes} bytes"
+            )
+            self.body = []
+            raise self.too_large
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -848,6 +1135,8 @@ class _NodeConnection(asyncio.Protocol):
         waiter: asyncio.Future[tuple[int, bytes]] = self.pool.loop.create_future()
         self.waiter = waiter
         self.body = []
+        self.body_bytes = 0
+        self.too_large = None
         self.head_bytes = 0
         self.headers_done = False
         self.until_eof = True
@@ -884,15 +1173,31 @@ class NodeConnections:
     requests (its pool, measured against a bare ASGI server); asyncio streams cost a few tens of
     µs per call more than this: a Protocol per connection, httptools' parser, one future per
     call, and one timer for all calls (a call past its deadline is failed within
-    ``timeout / 10``, at most 1 s, late) instead of a timeout context per call. Errors map like
-    ``NodeClient``'s: unreachable/timeout → retryable ``NodeCallError``; a node's 4xx about the
-    request → not retryable; anything else → retryable.
+    ``timeout / 10``, at most 1 s, late) instead of a timeout context per call: the deadline
+    holds however slowly the node sends (a node dripping a byte a second fails at it). Errors
+    map like ``NodeClient``'s: unreachable/timeout → retryable ``NodeCallError``; a node's 4xx
+    about the request → not retryable; an answer above ``max_response_bytes`` →
+    ``node_answer_too_large`` (retryable, the node's fault); anything else → retryable.
+
+    Every new connection goes to an address ``guard`` has just resolved and checked (never to
+    the name again: DNS rebinding), with the Host header (and TLS server name) kept as the
+    node's host name; a refused address fails the call as ``node_address_refused``.
     """
 
-    def __init__(self, *, timeout: float, connect_timeout: float = 2.0, max_idle: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        connect_timeout: float = 2.0,
+        max_idle: int = 64,
+        max_response_bytes: int = 32 * 1024 * 1024,
+        guard: AddressGuard | None = None,
+    ) -> None:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.max_response_bytes = max_response_bytes
+        self.guard = guard if guard is not None else AddressGuard(allow_private=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: dict[str, list[_NodeConnection]] = {}
         self._busy: set[_NodeConnection] = set()
@@ -942,6 +1247,14 @@ class NodeConnections:
             raise NodeCallError(
                 f"node {node.url} timed out", retryable=True, code="node_timeout"
             ) from None
+        except NodeAnswerTooLarge as exc:
+            raise NodeCallError(
+                f"node {node.url}: {exc}", retryable=True, code="node_answer_too_large"
+            ) from None
+        except UnsafeAddress as exc:
+            raise NodeCallError(
+                f"node {node.url}: {exc}", retryable=True, code="node_address_refused"
+            ) from None
         except (OSError, ValueError) as exc:
             raise NodeCallError(
                 f"node {node.url} is unreachable ({type(exc).__name__})",
@@ -969,11 +1282,30 @@ class NodeConnections:
                 if conn.answered:
                     raise
                 # nothing came back on a reused connection: the node had closed it; next one
+        addresses = await self._addresses(host, port)
         async with asyncio.timeout(self.connect_timeout):
-            _, conn = await self.loop.create_connection(
-                lambda: _NodeConnection(self, key), host, port, ssl=True if tls else None
-            )
+            for i, address in enumerate(addresses):
+                try:
+                    _, conn = await self.loop.create_connection(
+                        lambda: _NodeConnection(self, key),
+                        address,
+                        port,
+                        ssl=True if tls else None,
+                        server_hostname=host if tls else None,
+                    )
+                    break
+                except OSError:
+                    if i == len(addresses) - 1:
+                        raise
         return await self._roundtrip(conn, request, deadline)
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        """Where to connect for ``host``: the guard's checked addresses (resolved in a
+        thread; UnsafeAddress if refused), or ``[host]`` when private addresses are allowed."""
+        guard = self.guard
+        if guard.allow_private:
+            return [host]
+        return await self.loop.run_in_executor(None, guard.resolve, host, port)
 
     async def _roundtrip(
         self, conn: _NodeConnection, request: bytes, deadline: float
@@ -1027,8 +1359,8 @@ def _node_failure(node: RoutableNode, status: int, raw: bytes) -> NodeCallError:
     try:
         body = orjson.loads(raw)
         if isinstance(body, dict):
-            code = str(body.get("code") or code)
-            detail = str(body.get("detail") or body.get("error") or detail)
+            code = str(body.get("code") or code)[:64]
+            detail = str(body.get("detail") or body.get("error") or detail)[:500]
     except orjson.JSONDecodeError:
         pass
     if status in CLIENT_ERRORS:

@@ -26,16 +26,15 @@ class NodeEndpoint(Protocol):
 
 @dataclass(frozen=True)
 class RoutableNode:
-    """A node the gateway may send work to right now (online, fresh heartbeat)."""
+    """A node the gateway may send work to right now (online, fresh heartbeat, approved
+    operator). What the node reports about itself (load, capacity, warm models) is
+    deliberately absent: routing uses the gateway's own measurements only."""
 
     id: uuid.UUID
     operator_id: uuid.UUID
     name: str
     url: str
     gateway_secret: str
-    capacity: int
-    load: int  # outstanding requests at the node's last heartbeat
-    warm: frozenset[uuid.UUID] = field(default_factory=frozenset)
     assigned: frozenset[uuid.UUID] = field(default_factory=frozenset)
     last_heartbeat_at: datetime | None = None
 
@@ -62,6 +61,12 @@ class NodeManifest:
 
 class InvalidNodeToken(NotAuthenticated):
     code = "invalid_node_token"
+
+
+class OperatorNotApproved(PermissionDenied):
+    """The user (or the node's operator) is not an approved node operator right now."""
+
+    code = "operator_not_approved"
 
 
 class NotAssigned(PermissionDenied):
@@ -139,16 +144,21 @@ class Meter(Protocol):
         version_id: uuid.UUID,
         api_key_id: uuid.UUID | None,
         units: int,
+        rows: int = 1,
+        client_ip: str | None = None,
     ) -> Ticket:
-        """A ticket for ``units``, or raise ``insufficient_funds`` (402), ``quota_exhausted``
-        (429, demo credits used up, no paid offer) or ``not_for_sale`` (409)."""
+        """A ticket for a call of ``rows`` rows (batch size) and ``units`` input tokens from
+        ``client_ip``, or raise ``insufficient_funds`` (402), ``quota_exhausted`` (429, demo
+        credits used up, no paid offer), ``demo_budget_exhausted`` (429, the day's demo budget
+        of the caller's IP or of the model is spent) or ``not_for_sale`` (409)."""
         ...
 
     async def settle(
         self, ticket: Ticket, *, request_id: str, node_id: uuid.UUID | None, units: int
     ) -> None:
         """Record a successful inference (idempotent by ``request_id``); ``units`` ≤ reserved;
-        ``node_id`` None for a cache hit (no compute share)."""
+        ``node_id`` None for a cache hit (no compute share). Returns once the record is
+        durable: the answer may leave only after this."""
         ...
 
     async def cancel(self, ticket: Ticket) -> None:

@@ -7,10 +7,12 @@ How a call is paid (docs/metering.md has the full story):
    caller's balance to the hold account ``platform:metering:{CUR}`` covering up to
    ``reservation_requests`` calls (or what the balance covers). No capacity and no money for a
    new block → ``insufficient_funds``: the automatic cutoff, exact to the unit.
-2. ``settle`` (success) appends a usage event to an in-memory buffer — no DB write on the hot
-   path; ``cancel`` (failure) gives the capacity (or the demo credit) back: never billed.
-3. The flusher (every ``metering_flush_seconds``, or ``flush()``) bulk-inserts the buffered
-   events (``INSERT .. ON CONFLICT (request_id) DO NOTHING``; on PostgreSQL a binary COPY into
+2. ``settle`` (success) appends a usage event to the buffer and returns once that event is
+   committed (group commit: the flusher writes whatever is buffered in one transaction while
+   the next group gathers, so every call answered 200 is already durable — issue 9);
+   ``cancel`` (failure) gives the capacity (or the demo credit) back: never billed.
+3. The flusher (woken by every settle; every ``metering_flush_seconds`` for idle blocks and
+   retries; or ``flush()``) bulk-inserts the buffered events (``INSERT .. ON CONFLICT (request_id) DO NOTHING``; on PostgreSQL a binary COPY into
    a session temp table first), so a replay is counted once, and in the same transaction
    settles every block that is done with one linked ledger set: post what its stored events
    charged (the rest returns to the buyer), then pay from the hold account the platform fee,
@@ -42,6 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +60,14 @@ from cyxwiz.clock import Clock, SystemClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.errors import DomainError, NotFound
+from cyxwiz.inference.demo_budget import (
+    BudgetKey,
+    DemoBudget,
+    DemoBudgetExhausted,
+    DemoSpend,
+    demo_budget_from_settings,
+    utc_day,
+)
 from cyxwiz.inference.interfaces import Ticket
 from cyxwiz.inference.models import Node
 from cyxwiz.inference.usage_models import DemoCredit, UsageEvent
@@ -179,6 +190,7 @@ class _Outstanding:
     kind: str
     units: int
     block: Block | None
+    budget: DemoSpend | None = None  # a demo call's share of the daily demo budgets
 
 
 @dataclass(eq=False, slots=True)
@@ -206,6 +218,9 @@ class _Batch:
     events: list[_Event]
     finalize: list[Block]  # reservations settled in this batch's transaction
     rows: list[tuple[Any, ...]] | None = None  # the events as bound values (kept for a retry)
+    # resolved once committed: the settles waiting for their events (the group commit); set
+    # on the batch that empties the buffer, so it covers every event buffered before it
+    done: asyncio.Future[None] | None = None
 
 
 @dataclass
@@ -224,12 +239,32 @@ class MeterStats:
     cancelled: int = 0
     duplicates: int = 0  # replays dropped (in the buffer or by the database)
     inserted: int = 0
-    batches: int = 0
+    batches: int = 0  # transactions committed (group commits)
+    demo_budget_refused: int = 0  # demo calls refused by the daily per-IP / per-model budgets
     charged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 def _insert(dialect: str) -> Callable[..., Any]:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    """Wake the settles waiting on ``done`` (from its own loop, or thread-safely)."""
+    loop = done.get_loop()
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        if not done.done():
+            done.set_result(None)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(_set_done, done)
+
+
+def _set_done(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 # ---------------------------------------------------------------- the meter
@@ -260,11 +295,15 @@ class UsageMeter:
         self._db_concurrency = 1 if shared else db_concurrency
         self._limiter: anyio.CapacityLimiter | None = None
         self._pricing: dict[uuid.UUID, Pricing] = {}
+        self._pricing_loads: dict[uuid.UUID, asyncio.Future[Pricing]] = {}
         self._blocks: dict[tuple[uuid.UUID, uuid.UUID], list[Block]] = defaultdict(list)
         self._locks: dict[tuple[uuid.UUID, uuid.UUID], asyncio.Lock] = {}
         self._tickets: dict[str, _Outstanding] = {}
         self._buffer: list[_Event] = []
         self._buffered_ids: set[str] = set()
+        self._group: asyncio.Future[None] | None = None  # committed with the buffered events
+        self._scan_due = True  # look at every open block (idle/old/retired) in the next batch
+        self._budget: DemoBudget | None = None
         self._retry: _Batch | None = None
         self._flush_lock: asyncio.Lock | None = None
         self._kick: asyncio.Event | None = None
@@ -297,8 +336,10 @@ class UsageMeter:
         kick = self._kick
         assert kick is not None
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(kick.wait(), timeout=self.settings.metering_flush_seconds)
+            except TimeoutError:
+                self._scan_due = True  # the periodic tick: idle and old blocks are settled
             kick.clear()
             try:
                 await self.flush()
@@ -328,21 +369,11 @@ class UsageMeter:
             self._closing = False
         if not self._blocks and not self._opening:  # nothing pending names this meter
             self._owner_lock.release()
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            await budget.close()
 
     # ------------------------------------------------------------ helpers
-
-    def _wake_flusher(self) -> None:
-        loop, kick = self._loop, self._kick
-        if self._task is None or loop is None or kick is None:
-            return
-        try:
-            same = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            same = False
-        if same:
-            kick.set()
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(kick.set)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._limiter is None:
@@ -358,9 +389,22 @@ class UsageMeter:
         found = self._pricing.get(model_id)
         if found is not None and time.monotonic() - found.loaded_at < PRICE_TTL_SECONDS:
             return found
-        found = await self._run(self._load_pricing, model_id)
+        # One load per model at a time: concurrent callers (a cold start, or the cache
+        # expiring under load) wait for it instead of each loading it again.
+        loading = self._pricing_loads.get(model_id)
+        if loading is None or loading.get_loop() is not asyncio.get_running_loop():
+            loading = asyncio.ensure_future(self._run(self._load_pricing, model_id))
+            self._pricing_loads[model_id] = loading
+            loading.add_done_callback(partial(self._loaded, model_id))
+        found = await asyncio.shield(loading)
         self._pricing[model_id] = found
         return found
+
+    def _loaded(self, model_id: uuid.UUID, loading: asyncio.Future[Pricing]) -> None:
+        if self._pricing_loads.get(model_id) is loading:
+            del self._pricing_loads[model_id]
+        if not loading.cancelled():
+            loading.exception()  # seen (its waiters raise it); never "never retrieved"
 
     def _load_pricing(self, model_id: uuid.UUID) -> Pricing:
         with self.db.session() as s:
@@ -419,45 +463,66 @@ class UsageMeter:
         version_id: uuid.UUID,
         api_key_id: uuid.UUID | None,
         units: int,
+        rows: int = 1,
+        client_ip: str | None = None,
     ) -> Ticket:
-        """A ticket for one call of ``units`` (input tokens for per-1K-token models; ignored
-        for per-request models, where a call is 1 unit). Rules, in order:
+        """A ticket for one call of ``rows`` rows (the batch size; ``units`` = the input's
+        tokens, for per-1K-token models). A per-request model counts one unit per row; a
+        per-token model counts the tokens, at least one per row; demo credits count rows.
+        Rules, in order:
 
         - the model's owner: kind ``owner``, free and unlimited;
-        - no per-use offer: a demo credit, else ``quota_exhausted`` (429);
-        - per-use offer, no API key (playground, signed-in session): a demo credit while any
-          are left, then paid;
+        - no per-use offer: demo credits (and room in the daily demo budgets of the caller's
+          IP and of the model), else ``quota_exhausted`` / ``demo_budget_exhausted`` (429);
+        - per-use offer, no API key (playground, signed-in session): demo credits while any
+          are left (and the budgets allow), then paid;
         - paid: capacity from a reservation on the caller's balance, else
           ``insufficient_funds`` (402).
         """
         price = await self.pricing(model_id)
         ids = _Ids(user_id, model_id, version_id, api_key_id)
+        rows = max(1, rows)
+        n = max(units, rows) if price.unit == "token" else rows
         if user_id == price.owner_id:
-            n = max(1, units) if price.unit == "token" else 1
             return self._ticket(
                 "owner", ids, units=n, unit=price.unit or "request", currency=None, block=None
             )
         if price.unit is None or price.currency is None:
-            if await self._take_demo(user_id, model_id):
-                return self._ticket("demo", ids, units=1, unit="request", currency=None, block=None)
+            spend = await self._take_demo(user_id, model_id, rows, client_ip)
+            if isinstance(spend, DemoSpend):
+                return self._demo_ticket(ids, rows, spend)
             self.stats.refused += 1
+            if isinstance(spend, DemoBudgetExhausted):
+                raise spend
             raise QuotaExhausted(
                 f"you have used your {self.settings.demo_credits_per_model} free demo "
-                "inferences of this model, and it has no pay-per-use price"
+                "inferences of this model"
+                + (f" (this call has {rows} rows)" if rows > 1 else "")
+                + ", and it has no pay-per-use price"
             )
-        n = max(1, units) if price.unit == "token" else 1
-        if api_key_id is None and await self._take_demo(user_id, model_id):
-            return self._ticket("demo", ids, units=1, unit="request", currency=None, block=None)
+        spent: DemoSpend | DemoBudgetExhausted | None = None
+        if api_key_id is None:
+            spent = await self._take_demo(user_id, model_id, rows, client_ip)
+            if isinstance(spent, DemoSpend):
+                return self._demo_ticket(ids, rows, spent)
         block = await self._reserve(user_id, price, n)
         if block is None:
             self.stats.refused += 1
+            if isinstance(spent, DemoBudgetExhausted):
+                raise spent  # the demo budget said no first: the more useful answer
             raise InsufficientFunds(
                 f"your {price.currency.value} balance does not cover this call "
-                f"({format_amount(cost(n, price.per_1k), price.currency)}); add funds"
+                f"({n} {price.unit}{'s' if n != 1 else ''}: "
+                f"{format_amount(cost(n, price.per_1k), price.currency)}); add funds"
             )
         return self._ticket(
             "paid", ids, units=n, unit=price.unit, currency=price.currency.value, block=block
         )
+
+    def _demo_ticket(self, ids: _Ids, rows: int, spend: DemoSpend) -> Ticket:
+        ticket = self._ticket("demo", ids, units=rows, unit="request", currency=None, block=None)
+        self._tickets[ticket.token].budget = spend
+        return ticket
 
     async def _reserve(self, user_id: uuid.UUID, price: Pricing, n: int) -> Block | None:
         key = (user_id, price.model_id)
@@ -542,26 +607,57 @@ class UsageMeter:
 
     # ------------------------------------------------------------ demo credits
 
-    async def _take_demo(self, user_id: uuid.UUID, model_id: uuid.UUID) -> bool:
-        key = (user_id, model_id)
-        if key in self._demo_exhausted:
-            return False
-        ok = await self._run(self._consume_demo, user_id, model_id)
-        if not ok:
-            self._demo_exhausted.add(key)
-        return ok
+    @property
+    def demo_budget(self) -> DemoBudget:
+        """The daily demo budgets (per client IP, per model): Redis when configured."""
+        if self._budget is None:
+            self._budget = demo_budget_from_settings(self.settings)
+        return self._budget
 
-    def _consume_demo(self, user_id: uuid.UUID, model_id: uuid.UUID) -> bool:
+    async def _take_demo(
+        self, user_id: uuid.UUID, model_id: uuid.UUID, rows: int, client_ip: str | None
+    ) -> DemoSpend | DemoBudgetExhausted | None:
+        """``rows`` of the user's demo credits on the model, within the day's demo budgets of
+        the caller's IP and of the model; None when the user has not that many credits left,
+        ``DemoBudgetExhausted`` (not raised) when a budget refused (nothing is spent then)."""
+        key = (user_id, model_id)
+        if key in self._demo_exhausted or rows > self.settings.demo_credits_per_model:
+            return None
+        spend = DemoSpend(self._budget_keys(model_id, client_ip), rows, utc_day(self.clock))
+        if spend.keys:
+            refused = await self.demo_budget.take(spend.keys, rows, day=spend.day)
+            if refused is not None:
+                self.stats.demo_budget_refused += 1
+                return DemoBudgetExhausted.for_(refused, rows, self.clock)
+        ok = await self._run(self._consume_demo, user_id, model_id, rows)
+        if not ok:
+            if spend.keys:
+                await self.demo_budget.give_back(spend.keys, rows, day=spend.day)
+            if rows == 1:
+                self._demo_exhausted.add(key)
+            return None
+        return spend
+
+    def _budget_keys(self, model_id: uuid.UUID, client_ip: str | None) -> list[BudgetKey]:
+        s = self.settings
+        keys: list[BudgetKey] = []
+        if client_ip is not None and s.demo_ip_daily_rows > 0:
+            keys.append(BudgetKey(f"ip:{client_ip}", s.demo_ip_daily_rows, "ip"))
+        if s.demo_model_daily_rows > 0:
+            keys.append(BudgetKey(f"model:{model_id}", s.demo_model_daily_rows, "model"))
+        return keys
+
+    def _consume_demo(self, user_id: uuid.UUID, model_id: uuid.UUID, rows: int) -> bool:
         limit = self.settings.demo_credits_per_model
-        if limit <= 0:
+        if limit <= 0 or rows > limit:
             return False
         D = DemoCredit
         with self.db.session() as s:
             for attempt in range(2):
                 result = s.execute(
                     update(D)
-                    .where(D.user_id == user_id, D.model_id == model_id, D.used < limit)
-                    .values(used=D.used + 1)
+                    .where(D.user_id == user_id, D.model_id == model_id, D.used <= limit - rows)
+                    .values(used=D.used + rows)
                     .execution_options(synchronize_session=False)
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
@@ -580,13 +676,13 @@ class UsageMeter:
                     )
             return False
 
-    def _refund_demo(self, user_id: uuid.UUID, model_id: uuid.UUID) -> None:
+    def _refund_demo(self, user_id: uuid.UUID, model_id: uuid.UUID, rows: int) -> None:
         D = DemoCredit
         with self.db.session() as s:
             s.execute(
                 update(D)
-                .where(D.user_id == user_id, D.model_id == model_id, D.used > 0)
-                .values(used=D.used - 1)
+                .where(D.user_id == user_id, D.model_id == model_id, D.used >= rows)
+                .values(used=D.used - rows)
                 .execution_options(synchronize_session=False)
             )
 
@@ -595,8 +691,10 @@ class UsageMeter:
     async def settle(
         self, ticket: Ticket, *, request_id: str, node_id: uuid.UUID | None, units: int
     ) -> None:
-        """Record a successful call; idempotent by ``request_id`` (a replay, here or already
-        stored, is counted and charged once) and by ticket (a second settle is a no-op)."""
+        """Record a successful call and return once its usage event is committed (so a call
+        answered after ``settle`` is billed even if the process dies right after); idempotent
+        by ``request_id`` (a replay, here or already stored, is counted and charged once) and
+        by ticket (a second settle is a no-op). Concurrent settles share one commit."""
         if not 0 <= units <= ticket.units:
             raise ValueError(f"settled units {units} must be within 0..{ticket.units}")
         if not request_id or len(request_id) > 128:
@@ -637,8 +735,30 @@ class UsageMeter:
         )
         self._buffered_ids.add(request_id)
         self.stats.settled += 1
-        if len(self._buffer) >= self.settings.metering_batch_size:
-            self._wake_flusher()
+        await self._committed()
+
+    async def _committed(self) -> None:
+        """Wait until every event buffered so far is committed: the running flusher is woken
+        and writes the whole buffer in one transaction (settles arriving meanwhile form the
+        next group); without a flusher on this loop, the caller flushes."""
+        loop = asyncio.get_running_loop()
+        group = self._group
+        if group is None:
+            group = self._group = loop.create_future()
+        elif group.get_loop() is not loop:  # another loop's group (tests with several loops)
+            await self.flush()
+            return
+        kick, task = self._kick, self._task
+        if self._loop is loop and kick is not None and task is not None and not task.done():
+            kick.set()
+            await asyncio.shield(group)  # one waiter cancelled never cancels the group
+            return
+        while not group.done():
+            try:
+                await self._flush(until=group)
+            except Exception:  # kept and retried with the same ids: the answer waits
+                log.exception("metering flush failed; retrying")
+                await asyncio.sleep(self.settings.metering_flush_seconds)
 
     async def cancel(self, ticket: Ticket) -> None:
         """The call failed: its capacity (or demo credit) comes back; nothing is billed."""
@@ -652,18 +772,26 @@ class UsageMeter:
         if out.block is not None:
             out.block.inflight -= out.units
         elif out.kind == "demo":
-            await self._run(self._refund_demo, ticket.user_id, ticket.model_id)
+            await self._run(self._refund_demo, ticket.user_id, ticket.model_id, out.units)
             self._demo_exhausted.discard((ticket.user_id, ticket.model_id))
+            spend = out.budget
+            if spend is not None and spend.keys:
+                await self.demo_budget.give_back(spend.keys, spend.rows, day=spend.day)
 
     # ------------------------------------------------------------ flush
 
     async def flush(self) -> None:
         """Write the buffered events now (batch by batch) and settle every reservation that is
         used up, idle or (during ``close``) still open."""
+        self._scan_due = True
+        await self._flush()
+
+    async def _flush(self, *, until: asyncio.Future[None] | None = None) -> None:
+        """Commit batches until the buffer is empty (or ``until`` is done)."""
         if self._flush_lock is None:
             self._flush_lock = asyncio.Lock()
         async with self._flush_lock:
-            while True:
+            while until is None or not until.done():
                 batch = self._retry or self._next_batch()
                 if batch is None:
                     return
@@ -671,10 +799,15 @@ class UsageMeter:
                 result = await self._run(self._write_batch, batch)
                 self._retry = None
                 self._apply(batch, result)
+                if batch.done is not None:
+                    _resolve(batch.done)
 
     def _next_batch(self) -> _Batch | None:
         events = self._buffer[: self.settings.metering_batch_size]
         del self._buffer[: len(events)]
+        done: asyncio.Future[None] | None = None
+        if not self._buffer:  # this batch holds the last buffered event: it ends the group
+            done, self._group = self._group, None
         batch_id = uuid.uuid4()
         in_batch: dict[Block, int] = defaultdict(int)
         for e in events:
@@ -683,24 +816,33 @@ class UsageMeter:
         finalize: list[Block] = []
         now = time.monotonic()
         idle_after = self.settings.metering_idle_release_seconds
-        for blocks in self._blocks.values():
-            for block in blocks:
-                if block.closing:
-                    continue
-                later = block.unflushed - in_batch.get(block, 0)  # events left in the buffer
-                if block.inflight == 0 and (
-                    now - block.last_used >= idle_after or now - block.opened >= MAX_BLOCK_SECONDS
-                ):
-                    block.retired = True
-                if self._closing:
-                    block.retired = True
-                done = block.retired or block.free == 0
-                if done and later == 0 and (block.inflight == 0 or self._closing):
-                    block.closing = True  # no new tickets; settled in this batch's transaction
-                    finalize.append(block)
+        # Every open block is looked at on the periodic tick, on flush() and while closing;
+        # the group commits in between only look at the blocks their events used (one may
+        # just have been used up).
+        scan = self._scan_due or self._closing
+        self._scan_due = False
+        candidates = (
+            [b for blocks in self._blocks.values() for b in blocks] if scan else list(in_batch)
+        )
+        for block in candidates:
+            if block.closing:
+                continue
+            later = block.unflushed - in_batch.get(block, 0)  # events left in the buffer
+            if block.inflight == 0 and (
+                now - block.last_used >= idle_after or now - block.opened >= MAX_BLOCK_SECONDS
+            ):
+                block.retired = True
+            if self._closing:
+                block.retired = True
+            finished = block.retired or block.free == 0
+            if finished and later == 0 and (block.inflight == 0 or self._closing):
+                block.closing = True  # no new tickets; settled in this batch's transaction
+                finalize.append(block)
         if not events and not finalize:
+            if done is not None:
+                _resolve(done)
             return None
-        return _Batch(batch_id, events, finalize)
+        return _Batch(batch_id, events, finalize, done=done)
 
     def _apply(self, batch: _Batch, result: _FlushResult) -> None:
         for e in batch.events:

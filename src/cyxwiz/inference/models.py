@@ -1,4 +1,5 @@
-"""Inference nodes (run by operators) and which model versions each may serve."""
+"""Inference nodes (run by approved operators), the operator trust tier, and which model
+versions each node may serve."""
 
 from __future__ import annotations
 
@@ -12,6 +13,37 @@ from cyxwiz.accounts.models import User
 from cyxwiz.db import Base
 
 NODE_STATUSES = ("pending", "online", "draining", "offline")
+OPERATOR_STATUSES = ("applied", "approved", "rejected", "revoked")
+
+
+class NodeOperator(Base):
+    """A user's standing as a node operator: an application an admin decides on.
+
+    Only a user whose row is ``approved`` may create nodes, and a node is routed to, gets
+    data keys and blobs only while its operator's row is ``approved`` (docs/inference.md,
+    "Trust model"). One row per user: applying again after a rejection or a revocation
+    moves the same row back to ``applied``.
+    """
+
+    __tablename__ = "inference_node_operators"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('applied', 'approved', 'rejected', 'revoked')", name="known_status"
+        ),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), unique=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="applied", index=True)
+    statement: Mapped[str] = mapped_column(String(2000), default="")
+    applied_at: Mapped[datetime | None]
+    decided_by_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(String(500), default="")
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="joined")
+    decided_by: Mapped[User | None] = relationship(foreign_keys=[decided_by_id], lazy="joined")
 
 
 class Node(Base):

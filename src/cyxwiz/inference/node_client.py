@@ -19,6 +19,7 @@ Usage (in the gateway)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import OrderedDict
@@ -41,10 +42,27 @@ from cyxwiz.inference.oip import (
     TensorSpec,
     decode_output,
 )
+from cyxwiz.netguard import AddressGuard, UnsafeAddress
 
 OIP_TO_ORT = {v: k for k, v in ORT_TO_OIP.items()}
 # Node answers that are the caller's fault: passed on as is, never retried elsewhere.
 CLIENT_ERRORS = frozenset({400, 413, 415, 422})
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
+class NodeAnswerTooLarge(ValueError):
+    """A node's answer body is above the gateway's cap (announced or received)."""
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """A node's answer, its body read within the cap."""
+
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 @dataclass(frozen=True)
@@ -187,6 +205,13 @@ class NodeClient:
     node (unreachable, timeout, 5xx, 401 after a secret rotation, model missing there) or to
     pass the error to the caller (400/413/415/422: the request itself is bad; ``status`` and
     ``code`` are the node's).
+
+    Limits a node cannot talk its way past: ``timeout`` bounds each whole call (connect,
+    headers and body together, however slowly the node sends); an answer above
+    ``max_response_bytes`` (by Content-Length or by bytes received, after any decoding) fails
+    as ``node_answer_too_large`` without reading further. With a ``guard`` that refuses
+    private addresses, each call goes to an address the guard has just resolved and checked
+    (Host header and TLS server name kept), never to the name again (DNS rebinding).
     """
 
     def __init__(
@@ -197,7 +222,12 @@ class NodeClient:
         max_connections: int = 256,
         metadata_cache_size: int = 4096,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        guard: AddressGuard | None = None,
     ) -> None:
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self.guard = guard if guard is not None else AddressGuard(allow_private=True)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(
@@ -230,18 +260,38 @@ class NodeClient:
         *,
         content: bytes | None = None,
         timeout: float | None = None,
-    ) -> httpx.Response:
+    ) -> NodeAnswer:
         headers = {"Authorization": f"Bearer {node.gateway_secret}"}
         if content is not None:
             headers["Content-Type"] = "application/json"
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        limit = self.timeout if timeout is None else timeout
         try:
-            r = await self._http.request(
-                method, node.url + path, content=content, headers=headers, **extra
-            )
-        except httpx.TimeoutException:
+            async with asyncio.timeout(limit):  # the whole call, not per read
+                url, extensions = await self._checked_url(node.url + path, headers)
+                request = self._http.build_request(
+                    method,
+                    url,
+                    content=content,
+                    headers=headers,
+                    timeout=limit,
+                    extensions=extensions,
+                )
+                r = await self._http.send(request, stream=True)
+                try:
+                    body = await self._read_capped(r)
+                finally:
+                    await r.aclose()
+        except (TimeoutError, httpx.TimeoutException):
             raise NodeCallError(
                 f"node {node.url} timed out", retryable=True, code="node_timeout"
+            ) from None
+        except NodeAnswerTooLarge as exc:
+            raise NodeCallError(
+                f"node {node.url}: {exc}", retryable=True, code="node_answer_too_large"
+            ) from None
+        except UnsafeAddress as exc:
+            raise NodeCallError(
+                f"node {node.url}: {exc}", retryable=True, code="node_address_refused"
             ) from None
         except httpx.HTTPError as exc:
             raise NodeCallError(
@@ -249,17 +299,57 @@ class NodeClient:
                 retryable=True,
                 code="node_unreachable",
             ) from None
-        if r.status_code >= 400:
-            raise _node_error(node, r)
-        return r
+        answer = NodeAnswer(r.status_code, body)
+        if answer.status_code >= 400:
+            raise _node_error(node, answer)
+        return answer
+
+    async def _checked_url(
+        self, url: str, headers: dict[str, str]
+    ) -> tuple[httpx.URL, dict[str, Any]]:
+        """``url`` aimed at an address the guard just resolved and checked (Host header and
+        TLS server name keep the node's name), or as is when private addresses are allowed."""
+        parsed = httpx.URL(url)
+        if self.guard.allow_private:
+            return parsed, {}
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        loop = asyncio.get_running_loop()
+        addresses = await loop.run_in_executor(None, self.guard.resolve, parsed.host, port)
+        headers["Host"] = parsed.netloc.decode("ascii")
+        extensions: dict[str, Any] = {}
+        if parsed.scheme == "https":
+            extensions["sni_hostname"] = parsed.host
+        return parsed.copy_with(host=addresses[0]), extensions
+
+    async def _read_capped(self, r: httpx.Response) -> bytes:
+        """The (decoded) body of ``r``, or NodeAnswerTooLarge as soon as Content-Length or
+        the bytes received exceed ``max_response_bytes``."""
+        cap = self.max_response_bytes
+        declared = r.headers.get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            raise NodeAnswerTooLarge(f"the node announced a {declared}-byte answer (limit {cap})")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in r.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise NodeAnswerTooLarge(f"the node's answer exceeds {cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def live(self, node: NodeEndpoint, *, timeout: float = 2.0) -> bool:
         """Whether the node answers its liveness probe."""
         try:
-            r = await self._http.get(node.url + "/v2/health/live", timeout=timeout)
-        except httpx.HTTPError:
+            await self._request(node, "GET", "/v2/health/live", timeout=timeout)
+        except NodeCallError:
             return False
-        return r.status_code == 200
+        return True
+
+    async def ready(self, node: NodeEndpoint, *, timeout: float = 2.0) -> None:
+        """The platform's own health check: the node answers its readiness probe
+        (``GET /v2/health/ready``, with the gateway secret) with 200 within ``timeout``;
+        NodeCallError (saying why) otherwise."""
+        await self._request(node, "GET", "/v2/health/ready", timeout=timeout)
 
     async def metadata(self, node: NodeEndpoint, version_id: uuid.UUID | str) -> ModelMetadata:
         """The model's inputs and outputs (loads it on the node if cold); cached per version
@@ -272,7 +362,7 @@ class NodeClient:
         r = await self._request(node, "GET", f"/v2/models/{key}")
         try:
             meta = ModelMetadata.from_json(r.json())
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise NodeCallError(
                 f"node {node.url} answered malformed metadata: {exc!r}",
                 retryable=True,
@@ -322,12 +412,13 @@ class NodeClient:
         return oip_to_simple(meta, response, n_rows)
 
 
-def _node_error(node: NodeEndpoint, r: httpx.Response) -> NodeCallError:
+def _node_error(node: NodeEndpoint, r: NodeAnswer) -> NodeCallError:
     code, detail = "model_unavailable", f"node {node.url} answered {r.status_code}"
     try:
         body = r.json()
-        code = str(body.get("code") or code)
-        detail = str(body.get("detail") or body.get("error") or detail)
+        if isinstance(body, dict):
+            code = str(body.get("code") or code)[:64]
+            detail = str(body.get("detail") or body.get("error") or detail)[:500]
     except ValueError:
         pass
     if r.status_code in CLIENT_ERRORS:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from cyxwiz.inference.interfaces import NodeManifest
-from cyxwiz.inference.models import Node
+from cyxwiz.inference.models import Node, NodeOperator
 from cyxwiz.inference.models import NodeAssignment as NodeAssignmentRow
 
 NodeStatus = Literal["pending", "online", "draining", "offline"]
+OperatorStatus = Literal["applied", "approved", "rejected", "revoked"]
 
 
 class Strict(BaseModel):
@@ -28,12 +29,22 @@ class NodeOut(BaseModel):
     id: uuid.UUID
     name: str
     operator: str
-    status: NodeStatus
+    status: NodeStatus = Field(
+        description="online/draining, or offline once its heartbeat is older than "
+        "inference_node_stale_seconds (computed when read; the scheduler records it)"
+    )
     drained: bool = Field(description="a drain was requested (no new work until resumed)")
     url: str | None
-    capacity: int
-    load: int = Field(description="outstanding requests at the last heartbeat")
-    warm: list[str] = Field(description="version ids loaded in memory at the last heartbeat")
+    capacity: int = Field(
+        description="as reported by the node at registration: display only, routing ignores it"
+    )
+    load: int = Field(
+        description="outstanding requests the node reported at its last heartbeat: display "
+        "only, routing uses the gateway's own counts"
+    )
+    warm: list[str] = Field(
+        description="version ids the node reported loaded at its last heartbeat: display only"
+    )
     agent_version: str
     token_prefix: str
     created_at: datetime
@@ -41,12 +52,21 @@ class NodeOut(BaseModel):
     last_heartbeat_at: datetime | None
 
     @classmethod
-    def of(cls, node: Node) -> NodeOut:
+    def of(
+        cls, node: Node, *, now: datetime | None = None, stale_after: float | None = None
+    ) -> NodeOut:
+        """``node`` as shown; with ``now`` and ``stale_after``, an online or draining node
+        whose heartbeat is older than ``stale_after`` seconds shows as offline."""
+        status = node.status
+        if now is not None and stale_after is not None and status in ("online", "draining"):
+            last = node.last_heartbeat_at
+            if last is None or now - last > timedelta(seconds=stale_after):
+                status = "offline"
         return cls(
             id=node.id,
             name=node.name,
             operator=node.operator.username,
-            status=node.status,
+            status=status,
             drained=node.drained_at is not None,
             url=node.url,
             capacity=node.capacity,
@@ -65,6 +85,42 @@ class NodeCreated(BaseModel):
     token: str = Field(description="the node token (cxw_nt_...): shown once, store it now")
 
 
+class OperatorApply(Strict):
+    statement: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="who you are, what hardware you run and where (read by an admin)",
+    )
+
+
+class OperatorDecisionIn(Strict):
+    reason: str = Field(default="", max_length=500, description="shown to the applicant")
+
+
+class OperatorOut(BaseModel):
+    username: str
+    status: OperatorStatus = Field(
+        description="applied (waiting for an admin), approved (may run nodes), rejected, revoked"
+    )
+    statement: str
+    applied_at: datetime | None
+    decided_by: str | None = Field(description="the admin; null for the platform (CLI)")
+    decided_at: datetime | None
+    reason: str
+
+    @classmethod
+    def of(cls, row: NodeOperator) -> OperatorOut:
+        return cls(
+            username=row.user.username,
+            status=row.status,
+            statement=row.statement,
+            applied_at=row.applied_at,
+            decided_by=row.decided_by.username if row.decided_by is not None else None,
+            decided_at=row.decided_at,
+            reason=row.reason,
+        )
+
+
 class RegisterIn(Strict):
     url: str = Field(
         min_length=8,
@@ -72,7 +128,12 @@ class RegisterIn(Strict):
         description="where the gateway reaches this node",
         examples=["http://10.0.0.5:8801"],
     )
-    capacity: int = Field(ge=1, le=10_000, description="requests the node runs at once")
+    capacity: StrictInt = Field(
+        ge=1,
+        le=10_000,
+        description="requests the node says it runs at once (shown to operators; routing "
+        "ignores it)",
+    )
     agent_version: str = Field(default="", max_length=64)
 
 
@@ -86,7 +147,7 @@ class RegisterOut(BaseModel):
 
 
 class HeartbeatIn(Strict):
-    load: int = Field(ge=0, le=1_000_000, description="outstanding requests right now")
+    load: StrictInt = Field(ge=0, le=1_000_000, description="outstanding requests right now")
     warm: list[uuid.UUID] = Field(default_factory=list, max_length=1000)
 
 

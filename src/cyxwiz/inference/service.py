@@ -1,19 +1,17 @@
-"""The node registry: node records, their life cycle, assignments and manifests.
+"""The node registry: the operator trust tier, node records, their life cycle, assignments
+and manifests.
 
-Flushes, never commits; time comes in as ``now`` (the app's clock). Defaults that belong in
-``Settings`` once the lead moves them there (documented in docs/inference.md):
-
-- ``HEARTBEAT_SECONDS`` (5): how often a node heartbeats (told to it at registration);
-- ``MISSED_HEARTBEATS`` (3): a node whose last heartbeat is older than
-  ``HEARTBEAT_SECONDS * MISSED_HEARTBEATS`` (``STALE_AFTER_SECONDS``) leaves the routing table
-  and is marked offline by ``evict_stale``;
-- ``MAX_NODES_PER_OPERATOR`` (50).
+Flushes, never commits; time comes in as ``now`` (the app's clock). Trust (docs/inference.md,
+"Trust model"): only a user an admin approved as a node operator (``NodeOperator``) may create
+nodes, and a node registers, is routed to, is assigned versions and gets manifests (data keys)
+and blobs only while its operator is approved; revoking an operator withdraws all of it at
+once. Timing comes from ``Settings`` (``inference_node_heartbeat_seconds``,
+``inference_node_stale_seconds``); the defaults below are for callers without settings.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import secrets
 import uuid
@@ -27,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
 from cyxwiz.catalog.models import ModelFile, ModelVersion
+from cyxwiz.config import Settings
 from cyxwiz.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from cyxwiz.inference.interfaces import (
     InvalidNodeToken,
@@ -35,9 +34,11 @@ from cyxwiz.inference.interfaces import (
     NodeNotRegistered,
     NodeUnavailable,
     NotAssigned,
+    OperatorNotApproved,
     RoutableNode,
 )
-from cyxwiz.inference.models import Node, NodeAssignment
+from cyxwiz.inference.models import Node, NodeAssignment, NodeOperator
+from cyxwiz.netguard import AddressGuard, UnsafeAddress, parse_networks
 from cyxwiz.storage import BlobStore
 
 HEARTBEAT_SECONDS = 5.0
@@ -46,6 +47,11 @@ STALE_AFTER_SECONDS = HEARTBEAT_SECONDS * MISSED_HEARTBEATS
 MAX_NODES_PER_OPERATOR = 50
 MAX_CAPACITY = 10_000
 MAX_WARM_REPORTED = 1_000
+MAX_STATEMENT_CHARS = 2000
+MAX_REASON_CHARS = 500
+OPERATOR_DECISIONS = ("approve", "reject", "revoke")
+# What migration 0007 wrote as the statement of operators who ran nodes before approval existed.
+MIGRATED_OPERATOR_STATEMENT = "(ran nodes before operator approval existed)"
 
 NODE_TOKEN_PREFIX = "cxw_nt_"  # noqa: S105 - a prefix, not a secret
 GATEWAY_SECRET_PREFIX = "cxw_gs_"  # noqa: S105
@@ -57,11 +63,162 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# ---------------------------------------------------------------- the operator trust tier
+
+
+def operator_record(session: Session, *, user_id: uuid.UUID) -> NodeOperator | None:
+    """``user_id``'s operator application / standing, None if they never applied."""
+    return session.scalar(select(NodeOperator).where(NodeOperator.user_id == user_id))
+
+
+def is_approved_operator(session: Session, *, user_id: uuid.UUID) -> bool:
+    """Whether ``user_id`` is an approved node operator right now."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(NodeOperator.user_id == user_id, NodeOperator.status == "approved")
+            )
+        )
+    )
+
+
+def require_approved_operator(session: Session, *, user_id: uuid.UUID) -> None:
+    """OperatorNotApproved (403 ``operator_not_approved``) unless ``user_id`` is approved."""
+    if not is_approved_operator(session, user_id=user_id):
+        raise OperatorNotApproved(
+            "running inference nodes needs an approved node operator: apply with "
+            "POST /api/v1/nodes/operator (or on /nodes) and wait for an admin"
+        )
+
+
+def _clean_text(value: str, *, limit: int, what: str, required: bool) -> str:
+    clean = value.strip()
+    if required and not clean:
+        raise InvalidInput(f"{what} must not be empty", code=f"invalid_{what}")
+    if len(clean) > limit:
+        raise InvalidInput(f"{what} is at most {limit} characters", code=f"invalid_{what}")
+    if any(ord(c) < 32 and c not in "\n\t" for c in clean):
+        raise InvalidInput(f"{what} must not contain control characters", code=f"invalid_{what}")
+    return clean
+
+
+def apply_as_operator(
+    session: Session, *, user: User, statement: str, now: datetime
+) -> NodeOperator:
+    """``user`` asks to run nodes (``statement``: who they are, what hardware, where).
+
+    A pending application gets the new statement; a rejected or revoked one becomes pending
+    again (an admin decides anew). Conflict ``already_operator`` when already approved.
+    """
+    text = _clean_text(statement, limit=MAX_STATEMENT_CHARS, what="statement", required=True)
+    row = operator_record(session, user_id=user.id)
+    if row is None:
+        row = NodeOperator(user_id=user.id, user=user, status="applied", reason="")
+        session.add(row)
+    elif row.status == "approved":
+        raise Conflict("you are already an approved node operator", code="already_operator")
+    row.status = "applied"
+    row.statement = text
+    row.applied_at = now
+    row.decided_by_id = None
+    row.decided_at = None
+    row.reason = ""
+    session.flush()
+    return row
+
+
+def list_operators(
+    session: Session, *, actor: User, status: str | None = None
+) -> list[NodeOperator]:
+    """(Admin) Operator applications and standings, oldest application first."""
+    if not actor.is_admin:
+        raise PermissionDenied("only admins decide on node operators", code="admin_required")
+    query = select(NodeOperator)
+    if status is not None:
+        query = query.where(NodeOperator.status == status)
+    return list(session.scalars(query.order_by(NodeOperator.applied_at, NodeOperator.created_at)))
+
+
+def decide_operator(
+    session: Session,
+    *,
+    user: User,
+    decision: str,
+    actor: User | None,
+    now: datetime,
+    reason: str = "",
+) -> NodeOperator:
+    """Approve, reject or revoke ``user`` as a node operator; returns their record.
+
+    ``actor`` None is the platform itself (the ``cyxwiz operators`` CLI, ``serve``'s local
+    node); a user must be an admin. ``approve`` works from any state (an admin may grant
+    without an application) and is idempotent; ``reject`` needs a pending application;
+    ``revoke`` needs an approved operator and takes effect at once: every node of the
+    operator loses its registration (gateway secret) and its assignments, so it leaves
+    routing and its manifest and blob calls are refused (they are anyway: they check the
+    operator on every call). Approving again later lets the nodes register again.
+    """
+    if actor is not None and not actor.is_admin:
+        raise PermissionDenied("only admins decide on node operators", code="admin_required")
+    if decision not in OPERATOR_DECISIONS:
+        raise InvalidInput(
+            f"decision must be one of {', '.join(OPERATOR_DECISIONS)}", code="invalid_decision"
+        )
+    why = _clean_text(reason, limit=MAX_REASON_CHARS, what="reason", required=False)
+    row = operator_record(session, user_id=user.id)
+    if decision == "approve":
+        if row is None:
+            row = NodeOperator(user_id=user.id, user=user, statement="", reason="")
+            session.add(row)
+        elif row.status == "approved":
+            return row
+        row.status = "approved"
+    elif decision == "reject":
+        if row is None or row.status != "applied":
+            raise Conflict(
+                f"{user.username} has no pending operator application",
+                code="no_pending_application",
+            )
+        row.status = "rejected"
+    else:
+        if row is None or row.status != "approved":
+            raise Conflict(
+                f"{user.username} is not an approved node operator", code="operator_not_approved"
+            )
+        row.status = "revoked"
+        _withdraw_nodes(session, operator_id=user.id)
+    row.decided_by_id = actor.id if actor is not None else None
+    row.decided_at = now
+    row.reason = why
+    session.flush()
+    return row
+
+
+def _withdraw_nodes(session: Session, *, operator_id: uuid.UUID) -> None:
+    """Every live node of ``operator_id``: no registration, no assignments (revocation)."""
+    live = list(
+        session.scalars(
+            select(Node).where(Node.operator_id == operator_id, Node.deleted_at.is_(None))
+        )
+    )
+    for node in live:
+        node.gateway_secret = None
+        node.status = "pending"
+    if live:
+        for row in session.scalars(
+            select(NodeAssignment).where(NodeAssignment.node_id.in_([n.id for n in live]))
+        ):
+            session.delete(row)
+    session.flush()
+
+
 # ---------------------------------------------------------------- operators' side
 
 
 def create_node(session: Session, *, operator: User, name: str) -> tuple[str, Node]:
-    """A new pending node for ``operator``; the raw node token is returned once, never stored."""
+    """A new pending node for ``operator``, who must be an approved node operator (403
+    ``operator_not_approved``); the raw node token is returned once, never stored."""
+    require_approved_operator(session, user_id=operator.id)
     clean = name.strip()
     if not NODE_NAME_RE.match(clean):
         raise InvalidInput(
@@ -192,11 +349,24 @@ def authenticate_node(session: Session, *, raw_token: str) -> Node:
     return node
 
 
-def validate_node_url(url: str, *, allow_private: bool) -> str:
+def address_guard(settings: Settings) -> AddressGuard:
+    """Where the platform may connect to nodes: anywhere in development (the local node on
+    127.0.0.1); in production only public addresses plus ``inference_node_allowed_networks``,
+    every name resolved and each of its addresses checked (``cyxwiz.netguard``)."""
+    return AddressGuard(
+        allow_private=not settings.is_production,
+        allowed_networks=parse_networks(settings.inference_node_allowed_networks.split(",")),
+    )
+
+
+def validate_node_url(url: str, *, allow_private: bool, guard: AddressGuard | None = None) -> str:
     """``url`` if the gateway may call it: http(s), a host, no credentials, query or fragment.
 
-    With ``allow_private`` False (production) loopback, private and link-local IP literals
-    and ``localhost`` are refused, so a node cannot point the gateway at internal services.
+    With ``allow_private`` False (production) the host is checked by ``guard`` (default: the
+    system resolver, public addresses only): numeric hosts in any spelling the OS accepts
+    (``127.1``, ``2130706433``, ``0x7f000001``) are normalised, names are resolved and refused
+    if any address is not public or the name does not resolve. The gateway checks again at
+    connect time (DNS rebinding), so this is a first line, not the only one.
     """
     clean = url.strip().rstrip("/")
     try:
@@ -214,6 +384,7 @@ def validate_node_url(url: str, *, allow_private: bool) -> str:
         or parts.query
         or parts.fragment
         or len(clean) > 255
+        or any(c.isspace() or ord(c) < 32 for c in clean)
     ):
         raise InvalidInput(
             "node url must be http(s)://host[:port][/path] without credentials, query or "
@@ -223,17 +394,16 @@ def validate_node_url(url: str, *, allow_private: bool) -> str:
     if port == 0:
         raise InvalidInput("node url has port 0", code="invalid_node_url")
     if not allow_private:
-        host = parts.hostname.lower()
-        private = host == "localhost" or host.endswith(".localhost")
-        try:
-            ip = ipaddress.ip_address(host)
-            private = private or not ip.is_global
-        except ValueError:
-            pass
-        if private:
-            raise InvalidInput(
-                f"node url host {host!r} is not publicly routable", code="invalid_node_url"
+        checker = guard if guard is not None and not guard.allow_private else None
+        if checker is None:
+            checker = AddressGuard(
+                allow_private=False, allowed_networks=guard.allowed_networks if guard else ()
             )
+        default_port = 443 if parts.scheme == "https" else 80
+        try:
+            checker.resolve(parts.hostname, port or default_port)
+        except UnsafeAddress as exc:
+            raise InvalidInput(f"node url: {exc}", code="invalid_node_url") from None
     return clean
 
 
@@ -246,17 +416,21 @@ def register(
     agent_version: str,
     now: datetime,
     allow_private_urls: bool = True,
+    guard: AddressGuard | None = None,
 ) -> str:
     """Record where ``node`` listens and put it online; returns a fresh gateway secret.
 
     Every registration issues a new secret (the old one stops working): a restarted node gets
-    its own. A drained node stays draining until resumed.
+    its own. A drained node stays draining until resumed. The node's operator must be
+    approved (403 ``operator_not_approved``). ``capacity`` is stored as the node reported it,
+    for display only: routing never uses it.
     """
+    require_approved_operator(session, user_id=node.operator_id)
     if not 1 <= capacity <= MAX_CAPACITY:
         raise InvalidInput(f"capacity must be 1-{MAX_CAPACITY}", code="invalid_capacity")
     if not AGENT_VERSION_RE.match(agent_version):
         raise InvalidInput("agent_version must be at most 64 printable ASCII characters")
-    node.url = validate_node_url(url, allow_private=allow_private_urls)
+    node.url = validate_node_url(url, allow_private=allow_private_urls, guard=guard)
     node.capacity = capacity
     node.agent_version = agent_version
     node.gateway_secret = GATEWAY_SECRET_PREFIX + secrets.token_urlsafe(32)
@@ -272,13 +446,17 @@ def register(
 def heartbeat(
     session: Session, *, node: Node, load: int, warm: Sequence[uuid.UUID], now: datetime
 ) -> Node:
-    """Record that ``node`` is alive with ``load`` outstanding requests and ``warm`` versions.
+    """Record that ``node`` is alive, with the ``load`` and ``warm`` versions it reports
+    (stored for display only: routing uses the gateway's own measurements).
 
     An evicted (offline) node that heartbeats again comes back (online, or draining if a
-    drain was requested). A node that never registered gets NodeNotRegistered (409).
+    drain was requested). A node that never registered (or lost its registration when its
+    operator was revoked) gets NodeNotRegistered (409: register again); a node whose
+    operator is not approved gets OperatorNotApproved (403).
     """
     if node.status == "pending" or node.gateway_secret is None:
         raise NodeNotRegistered("register the node before sending heartbeats")
+    require_approved_operator(session, user_id=node.operator_id)
     if load < 0:
         raise InvalidInput("load must be >= 0")
     node.load = load
@@ -319,13 +497,16 @@ def healthy_nodes(
     session: Session, *, now: datetime, timeout: float = STALE_AFTER_SECONDS
 ) -> list[RoutableNode]:
     """Nodes the gateway may route to now: online, registered, heartbeat fresher than
-    ``timeout`` (whether or not ``evict_stale`` has run), operator active. Detached snapshots
-    with each node's warm and assigned version ids."""
+    ``timeout`` (whether or not ``evict_stale`` has run), operator active and an approved node
+    operator. Detached snapshots with each node's assigned version ids (what the node itself
+    reports — load, capacity, warm models — is left out: routing never believes it)."""
     cutoff = now - timedelta(seconds=timeout)
     rows = session.execute(
         select(Node)
         .join(User, User.id == Node.operator_id)
+        .join(NodeOperator, NodeOperator.user_id == Node.operator_id)
         .where(
+            NodeOperator.status == "approved",
             Node.status == "online",
             Node.deleted_at.is_(None),
             Node.gateway_secret.is_not(None),
@@ -355,22 +536,11 @@ def healthy_nodes(
                 name=n.name,
                 url=n.url,
                 gateway_secret=n.gateway_secret,
-                capacity=n.capacity,
-                load=n.load,
-                warm=frozenset(_uuids(n.warm_version_ids)),
                 assigned=frozenset(assigned[n.id]),
                 last_heartbeat_at=n.last_heartbeat_at,
             )
         )
     return out
-
-
-def _uuids(values: Iterable[str]) -> Iterable[uuid.UUID]:
-    for v in values:
-        try:
-            yield uuid.UUID(v)
-        except ValueError:
-            continue
 
 
 def choose_node(
@@ -379,39 +549,47 @@ def choose_node(
     version_id: uuid.UUID,
     exclude: Collection[uuid.UUID] = (),
     inflight: Mapping[uuid.UUID, int] | None = None,
+    warm: Mapping[uuid.UUID, Collection[uuid.UUID]] | None = None,
+    latency: Mapping[uuid.UUID, float] | None = None,
+    max_inflight: int = 32,
 ) -> RoutableNode | None:
     """The node to send a request for ``version_id`` to, or None if there is none.
 
-    Prefers nodes with the version warm that have spare capacity, then any node with spare
-    capacity (a cold start there), then the least loaded node; within a tier the lowest
-    load / capacity wins. ``inflight`` adds the caller's own outstanding requests per node
-    (heartbeat loads are up to one heartbeat old). ``exclude`` skips nodes that just failed.
+    Only the platform's own measurements count, never what a node says about itself:
+    ``inflight`` (the gateway's outstanding requests per node), ``warm`` (the versions the
+    gateway has itself seen each node answer), ``latency`` (its own recent call times per
+    node) and ``max_inflight`` (platform-set concurrency per node). Preference: nodes seen
+    warm with spare room, then nodes the platform assigned the version to, then any node
+    with spare room (a cold start there), then any node; within a tier the fewest
+    outstanding requests, then the lowest latency (an unmeasured node counts as fastest, so
+    new nodes get tried). ``exclude`` skips nodes that just failed.
     """
-    extra = inflight or {}
+    busy = inflight or {}
+    seen = warm or {}
+    times = latency or {}
     pool = [n for n in nodes if n.id not in exclude]
     if not pool:
         return None
 
-    def load(n: RoutableNode) -> int:
-        return n.load + extra.get(n.id, 0)
+    def key(n: RoutableNode) -> tuple[int, float, str]:
+        return (busy.get(n.id, 0), times.get(n.id, 0.0), str(n.id))
 
-    def key(n: RoutableNode) -> tuple[float, int, str]:
-        return (load(n) / max(n.capacity, 1), -n.capacity, str(n.id))
-
-    spare = [n for n in pool if load(n) < n.capacity]
-    warm = [n for n in spare if version_id in n.warm]
-    for tier in (warm, spare, pool):
+    spare = [n for n in pool if busy.get(n.id, 0) < max_inflight]
+    seen_warm = [n for n in spare if version_id in seen.get(n.id, ())]
+    assigned = [n for n in spare if version_id in n.assigned]
+    for tier in (seen_warm, assigned, spare, pool):
         if tier:
             return min(tier, key=key)
-    return None
+    return None  # pragma: no cover - pool is not empty
 
 
-def _require_servable(node: Node) -> None:
+def _require_servable(session: Session, node: Node) -> None:
     if node.deleted_at is not None or node.status != "online":
         raise NodeUnavailable(
             f"node {node.name} is {'deleted' if node.deleted_at else node.status}; "
             "it takes no new work"
         )
+    require_approved_operator(session, user_id=node.operator_id)
 
 
 def assign(
@@ -421,7 +599,7 @@ def assign(
 
     ``actor`` None means the platform itself (the gateway before a cold start); a user must
     be an admin: operators never choose what their nodes may decrypt. Only published
-    (immutable) versions are assigned, only to online nodes.
+    (immutable) versions are assigned, only to online nodes of approved operators.
     """
     if actor is not None and not actor.is_admin:
         raise PermissionDenied("only admins assign models to nodes", code="admin_required")
@@ -436,7 +614,7 @@ def assign(
     )
     if existing is not None:
         return existing
-    _require_servable(node)
+    _require_servable(session, node)
     row = NodeAssignment(node_id=node.id, version_id=version.id)
     try:
         with session.begin_nested():
@@ -525,7 +703,9 @@ def node_manifest(
     session: Session, *, node: Node, version_id: uuid.UUID, blobs: BlobStore
 ) -> NodeManifest:
     """The files of ``version_id`` with their unwrapped data keys, for a node it is assigned
-    to; NotAssigned (403) for any other version, known or not."""
+    to whose operator is approved right now (403 ``operator_not_approved`` otherwise);
+    NotAssigned (403) for any other version, known or not."""
+    require_approved_operator(session, user_id=node.operator_id)
     if not _assigned(session, node, version_id):
         raise NotAssigned(f"version {version_id} is not assigned to node {node.name}")
     version = session.get(ModelVersion, version_id)
@@ -551,7 +731,9 @@ def node_manifest(
 
 
 def check_blob_access(session: Session, *, node: Node, address: str) -> None:
-    """NotAssigned (403) unless ``address`` is a file of a version assigned to ``node``."""
+    """NotAssigned (403) unless ``address`` is a file of a version assigned to ``node``;
+    OperatorNotApproved (403) unless the node's operator is approved right now."""
+    require_approved_operator(session, user_id=node.operator_id)
     allowed = session.scalar(
         select(
             exists()

@@ -6,7 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    model_serializer,
+)
 
 from cyxwiz.money import format_amount
 
@@ -16,7 +23,7 @@ class Strict(BaseModel):
 
 
 class Price(Strict):
-    amount: int = Field(ge=1, le=10**13, description="integer minor units (6 decimals)")
+    amount: StrictInt = Field(ge=1, le=10**13, description="integer minor units (6 decimals)")
     currency: Literal["USDC", "CYX"] = "USDC"
 
 

@@ -45,6 +45,7 @@ from cyxwiz.node.runtime import (
     ModelRegistry,
     build_model,
     decrypt_verified,
+    prepare_workdir,
 )
 
 log = logging.getLogger("cyxwiz.node")
@@ -137,7 +138,9 @@ class NodeAgent:
         self.market = market or MarketplaceClient(
             config.marketplace_url, config.token, timeout=config.marketplace_timeout
         )
-        self.cache = BlobCache(config.cache_dir, config.max_cache_bytes)
+        # absolute paths: `cyxwiz node` changes its working directory after this
+        self.cache = BlobCache(config.cache_dir.resolve(), config.max_cache_bytes)
+        self.workdir = prepare_workdir(config.workdir)
         self.models = ModelRegistry(max_bytes=config.max_model_bytes, loader=self._load)
         self.executor = ThreadPoolExecutor(config.capacity, thread_name_prefix="cyxwiz-infer")
         self.load_executor = ThreadPoolExecutor(2, thread_name_prefix="cyxwiz-load")
@@ -427,6 +430,8 @@ class NodeAgent:
                 version=manifest.version,
                 model_bytes=plaintext,
                 intra_op_threads=self.config.intra_op_threads,
+                workdir=self.workdir,
+                path=entry.path,
             )
         except LoadError:
             raise

@@ -35,6 +35,13 @@ class NodeConfig:
     marketplace_timeout: float = 30.0
     heartbeat_seconds: float | None = None  # override the marketplace's interval (tests)
     agent_version: str = f"cyxwiz-node/{__version__}"
+    # An empty private folder (0700) that ONNX Runtime resolves any file path against and that
+    # `cyxwiz node` makes its working directory; default <cache_dir>/work.
+    work_dir: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        return self.work_dir or self.cache_dir / "work"
 
     @property
     def url(self) -> str:

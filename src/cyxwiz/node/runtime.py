@@ -7,14 +7,19 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import shutil
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cyxwiz.errors import IntegrityError
 from cyxwiz.inference.oip import TensorSpec
+from cyxwiz.scanning import FileRefused, check_onnx_bytes
 from cyxwiz.storage.crypto import decrypt_stream
 
 log = logging.getLogger("cyxwiz.node")
@@ -88,6 +93,60 @@ def decrypt_verified(pieces: Iterable[bytes], data_key: bytes, address: str, siz
     return plaintext
 
 
+def prepare_workdir(path: Path) -> Path:
+    """Create (0700) or empty the node's private working folder and return its real path.
+
+    It must be ours, a real directory (not a symlink) and hold nothing: ONNX Runtime resolves
+    any file a model names against it, so it must offer nothing to read."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise RuntimeError(f"{path} must be a directory owned by this user")
+    os.chmod(path, 0o700)
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    return path.resolve()
+
+
+def enter_workdir(path: Path) -> Path:
+    """Make the (emptied, private) ``path`` this process's working directory, so nothing a
+    model or library resolves relative to it can reach the operator's files."""
+    real = prepare_workdir(path)
+    os.chdir(real)
+    return real
+
+
+def session_options(*, intra_op_threads: int, workdir: Path) -> Any:
+    """ORT session options that restrict what a session may touch (docs/scanning.md).
+
+    - ``session.model_external_initializers_file_folder_path``: a model loaded from bytes
+      resolves external-data paths against this folder (the empty private workdir) instead
+      of the process's working directory; ORT also refuses absolute and escaping paths.
+    - ``session.load_model_format=ONNX``: the bytes are parsed as ONNX only, never as an ORT
+      format flatbuffer the checks did not look at.
+    - ``session.allow_released_opsets_only=1``: no opsets still under development.
+    - no profiling and no optimized-model file: a session writes nothing to disk.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = False
+    options.optimized_model_filepath = ""
+    options.add_session_config_entry(
+        "session.model_external_initializers_file_folder_path", str(workdir)
+    )
+    options.add_session_config_entry("session.load_model_format", "ONNX")
+    options.add_session_config_entry("session.allow_released_opsets_only", "1")
+    return options
+
+
 def build_model(
     *,
     name: str,
@@ -95,14 +154,18 @@ def build_model(
     version: str,
     model_bytes: bytes,
     intra_op_threads: int,
+    workdir: Path,
+    path: str = "model.onnx",
 ) -> LoadedModel:
-    """An ORT session from bytes in memory (nothing is written to disk)."""
+    """An ORT session from bytes in memory (nothing is written to disk), opened only after
+    the bytes pass ``check_onnx_bytes`` here (a node never trusts the marketplace's check)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
+    try:
+        check_onnx_bytes(model_bytes, path=path)
+    except FileRefused as exc:
+        raise LoadError(exc.detail, status=422, code=exc.code) from None
+    options = session_options(intra_op_threads=intra_op_threads, workdir=workdir)
     session = ort.InferenceSession(
         model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
     )

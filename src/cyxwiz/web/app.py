@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,7 +26,7 @@ from cyxwiz.inference.metering import sweep_reservations_forever
 from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.provenance.loop import attestation_loop
 from cyxwiz.storage import BlobStore, blob_store_from_settings
-from cyxwiz.web import problems
+from cyxwiz.web import openapi, problems
 from cyxwiz.web.api import chain_rpc as chain_rpc_api
 from cyxwiz.web.api.v1 import auth as auth_api
 from cyxwiz.web.api.v1 import billing as billing_api
@@ -37,7 +38,7 @@ from cyxwiz.web.api.v1 import settlement as settlement_api
 from cyxwiz.web.api.v1 import usage as usage_api
 from cyxwiz.web.api.v1 import wallets as wallets_api
 from cyxwiz.web.deps import AppContext
-from cyxwiz.web.middleware import BodyLimitMiddleware
+from cyxwiz.web.middleware import HTML_CSP, BodyLimitMiddleware, SecurityHeadersMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger("cyxwiz.web")
@@ -115,7 +116,7 @@ def create_app(
             "The App Store for AI models. Amounts are integers in minor units; every error is "
             "RFC 9457 `application/problem+json` with a stable `code`."
         ),
-        docs_url="/docs",
+        docs_url=None,  # served below from the package's own Swagger UI copy (no CDN)
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -135,6 +136,7 @@ def create_app(
         meter=meter if meter is not None else _default_meter(ctx),
     )
     problems.install(app)
+    openapi.install(app)
 
     api = "/api/v1"
     app.include_router(inference_api.router)  # before catalog: /models/{owner}/{name}/infer
@@ -153,6 +155,7 @@ def create_app(
         return {"status": "ok", "version": __version__}
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _install_docs(app)
     from cyxwiz.web.ui import playground as playground_ui
     from cyxwiz.web.ui import routes as ui_routes
 
@@ -168,9 +171,45 @@ def create_app(
         return settings.max_json_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        production=settings.is_production,
+        html_csp=settings.content_security_policy or HTML_CSP,
+        hsts_seconds=settings.hsts_seconds,
+    )
     if settings.inference_fast_path:  # the infer routes' hot path, before the whole framework
         app.entry = inference_api.InferenceFastPath(app.framework, gateway=lambda: ctx.gateway)
     return app
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>CyxWiz Model Marketplace API</title>
+  <link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+  <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/assets/swagger-ui-bundle.js"></script>
+  <script src="/static/swagger-init.js"></script>
+</body>
+</html>
+"""
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the pinned ``swagger-ui-bundle-v2`` package (works offline, no
+    inline script: the page passes the site's Content-Security-Policy). No ReDoc."""
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE, headers={"Cache-Control": "no-cache"})
 
 
 def _default_meter(ctx: AppContext) -> Meter | None:

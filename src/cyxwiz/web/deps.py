@@ -20,6 +20,8 @@ from cyxwiz.errors import NotAuthenticated, PermissionDenied
 from cyxwiz.inference.gateway import Gateway
 from cyxwiz.licensing.keys import LicenseSigner
 from cyxwiz.storage import BlobStore
+from cyxwiz.web.clientip import client_ip
+from cyxwiz.web.throttle import AuthThrottle, counters_from_settings
 
 SESSION_COOKIE = "cxw_session"
 CSRF_COOKIE = "cxw_csrf"
@@ -36,6 +38,7 @@ class AppContext:
     clock: Clock
     signer: LicenseSigner
     gateway: Gateway | None = None  # the inference gateway (web/api/v1/inference.py)
+    throttle: AuthThrottle | None = None  # sign-in / sign-up throttles (web/throttle.py)
     chain_factory: Callable[[], Chain] | None = None
     _chain: Chain | None = field(default=None, repr=False)
     _chain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -85,11 +88,26 @@ def get_chain(request: Request) -> Chain:
     return get_ctx(request).chain
 
 
+def get_throttle(request: Request) -> AuthThrottle:
+    """The app's sign-in / sign-up throttles (built on first use from the settings)."""
+    ctx = get_ctx(request)
+    if ctx.throttle is None:
+        ctx.throttle = AuthThrottle(ctx.settings, counters_from_settings(ctx.settings))
+    return ctx.throttle
+
+
+def get_client_ip(request: Request) -> str:
+    """The caller's IP for throttles (``cyxwiz.web.clientip``)."""
+    return client_ip(request.scope, trusted_proxies=get_ctx(request).settings.trusted_proxy_count)
+
+
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 ChainDep = Annotated[Chain, Depends(get_chain)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 BlobStoreDep = Annotated[BlobStore, Depends(get_blobs)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ThrottleDep = Annotated[AuthThrottle, Depends(get_throttle)]
+ClientIpDep = Annotated[str, Depends(get_client_ip)]
 
 
 def _bearer(request: Request) -> str | None:

@@ -1,9 +1,13 @@
-"""Response shapes shared by the JSON API and the web UI (no business rules)."""
+"""Request and response shapes shared by the JSON API and the web UI (no business rules):
+strict amounts and counts, the one pagination dependency, licenses and offers."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+from fastapi import Depends, Query
+from pydantic import BeforeValidator, Field, Strict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,8 +16,64 @@ from cyxwiz.billing.models import Purchase
 from cyxwiz.licensing import service as licensing
 from cyxwiz.licensing.models import License
 from cyxwiz.licensing.schemas import LicenseOut, OffersDocument, OffersOut, PriceOut
-from cyxwiz.money import Currency
+from cyxwiz.money import MAX_AMOUNT, Currency
 from cyxwiz.web.deps import AppContext
+
+MAX_PAGE = 100_000
+MAX_PER_PAGE = 100
+
+# A JSON amount in minor units: an integer (never true, "100" or 1.0), 1..MAX_AMOUNT.
+Amount = Annotated[int, Strict(), Field(ge=1, le=MAX_AMOUNT)]
+
+
+def _whole_number(value: object) -> object:
+    """A query-string integer written with ASCII digits only: '12', never '1.0', '1e3', '+1',
+    ' 1', '0x10' or 'true' (what int() or a lax parser would otherwise accept)."""
+    if isinstance(value, str):
+        if not (0 < len(value) <= 20 and value.isascii() and value.isdigit()):
+            raise ValueError("must be a whole number written with digits only")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number")
+    return value
+
+
+# Put after Query(ge=..., le=...) in a query parameter's Annotated (after it, so the bounds
+# still show as minimum/maximum in the OpenAPI document): digits only.
+WholeNumber = BeforeValidator(_whole_number)
+
+
+@dataclass(frozen=True)
+class Pagination:
+    """A bounded page request: ``offset``/``limit`` always fit a 64-bit column."""
+
+    page: int
+    per_page: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+    @property
+    def limit(self) -> int:
+        return self.per_page
+
+
+def pagination(
+    page: Annotated[
+        int, Query(ge=1, le=MAX_PAGE, description=f"page number, 1..{MAX_PAGE}"), WholeNumber
+    ] = 1,
+    per_page: Annotated[
+        int,
+        Query(ge=1, le=MAX_PER_PAGE, description=f"items per page, 1..{MAX_PER_PAGE}"),
+        WholeNumber,
+    ] = 20,
+) -> Pagination:
+    """The ``page``/``per_page`` query parameters of every paginated route, bounded."""
+    return Pagination(page=page, per_page=per_page)
+
+
+PageDep = Annotated[Pagination, Depends(pagination)]
 
 
 def license_out(session: Session, ctx: AppContext, lic: License, *, with_key: bool) -> LicenseOut:

@@ -4,6 +4,11 @@
   document.documentElement.classList.add("js");
 
   document.addEventListener("DOMContentLoaded", function () {
+    // Bar widths come from data-width: the Content-Security-Policy allows no inline styles.
+    document.querySelectorAll("[data-width]").forEach(function (bar) {
+      var width = parseFloat(bar.getAttribute("data-width"));
+      if (isFinite(width)) bar.style.width = Math.max(0, Math.min(100, width)) + "%";
+    });
     // Filter selects apply at once instead of waiting for the "Apply" button.
     document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
       select.addEventListener("change", function () {

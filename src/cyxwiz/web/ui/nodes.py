@@ -1,6 +1,7 @@
-"""The node status page of the web UI (``/nodes``): the inference nodes an operator runs (admins:
-every node) with their status, heartbeat age, load, warm and assigned models, and drain/resume
-buttons.
+"""The node status page of the web UI (``/nodes``): the node operator application (apply; an
+admin approves, rejects or revokes), the inference nodes an operator runs (admins: every node)
+with their status, the platform's own health check and latency, heartbeat age, what the node
+reports (load, warm models), assigned models, and drain/resume buttons.
 
 Like the rest of the UI it parses, calls the node service (``cyxwiz.inference.service``, the same
 operations as ``/api/v1/nodes``) and renders; who may see or change a node is the service's
@@ -22,13 +23,14 @@ from sqlalchemy import Connection, exists, select
 from sqlalchemy.orm import Session
 
 from cyxwiz.accounts.models import User
+from cyxwiz.accounts.service import get_user_by_username
 from cyxwiz.catalog.models import ModelVersion
 from cyxwiz.db import Database
-from cyxwiz.errors import NotFound
+from cyxwiz.errors import NotFound, PermissionDenied
 from cyxwiz.inference import service as nodes
-from cyxwiz.inference.models import Node, NodeAssignment
+from cyxwiz.inference.models import Node, NodeAssignment, NodeOperator
 from cyxwiz.web.deps import AppContext, CtxDep, SessionDep
-from cyxwiz.web.ui.forms import CsrfForm, UiActor, UiViewer, login_redirect, see_other
+from cyxwiz.web.ui.forms import CsrfForm, UiActor, UiViewer, field, login_redirect, see_other
 from cyxwiz.web.ui.render import page, set_flash, templates, viewer_of
 
 log = logging.getLogger("cyxwiz.web.ui.nodes")
@@ -57,9 +59,11 @@ class NodeRow:
     drain_requested: bool
     heartbeat_at: datetime | None
     heartbeat_age: str  # "3 s ago", "never"
-    load: int
-    capacity: int
+    load: int  # as the node reports it (display only)
+    capacity: int  # as the node reports it (display only)
     inflight: int  # this API replica's outstanding requests on the node
+    health: str  # this gateway's own check: passing | failing | unchecked
+    latency_ms: float | None  # this gateway's recent call time to the node (EWMA)
     warm: list[str]  # "owner/name@version"
     assigned: list[str]
     agent_version: str
@@ -129,9 +133,15 @@ def node_rows(session: Session, ctx: AppContext, *, viewer: User) -> list[NodeRo
     )
     now = ctx.clock.now()
     stale_after = ctx.settings.inference_node_stale_seconds
-    inflight = ctx.gateway.inflight if ctx.gateway is not None else {}
+    gateway = ctx.gateway
+    inflight = gateway.inflight if gateway is not None else {}
+    checks = gateway.health if gateway is not None else {}
+    latency = gateway.latency if gateway is not None else {}
     rows = []
     for n in found:
+        check = checks.get(n.id)
+        passed = None if check is None or check[0] != (n.url, n.gateway_secret or "") else check[1]
+        seconds = latency.get(n.id)
         status = display_status(n, now=now, stale_after=stale_after)
         last = n.last_heartbeat_at
         rows.append(
@@ -148,6 +158,8 @@ def node_rows(session: Session, ctx: AppContext, *, viewer: User) -> list[NodeRo
                 load=n.load,
                 capacity=n.capacity,
                 inflight=max(0, inflight.get(n.id, 0)),
+                health="unchecked" if passed is None else ("passing" if passed else "failing"),
+                latency_ms=round(seconds * 1000, 1) if seconds is not None else None,
                 warm=[labels.get(v, str(v)) for v in warm[n.id]],
                 assigned=[labels.get(v, str(v)) for v in assigned[n.id]],
                 agent_version=n.agent_version,
@@ -161,12 +173,14 @@ def node_rows(session: Session, ctx: AppContext, *, viewer: User) -> list[NodeRo
 
 _RUNS_NODES_SQL = (
     "SELECT EXISTS (SELECT 1 FROM inference_nodes n JOIN users u ON u.id = n.operator_id "
-    "WHERE u.username = ? AND n.deleted_at IS NULL)"
+    "WHERE u.username = ? AND n.deleted_at IS NULL) OR EXISTS (SELECT 1 FROM "
+    "inference_node_operators o JOIN users u ON u.id = o.user_id WHERE u.username = ?)"
 )
 
 
 def runs_nodes(db: Database, username: str) -> bool:
-    """Whether ``username`` operates a live node (one indexed EXISTS).
+    """Whether ``username`` operates a live node or has a node operator record (two indexed
+    EXISTS).
 
     Called while a page renders, i.e. inside the request's own transaction. On a SQLite file
     that transaction holds the write lock (``BEGIN IMMEDIATE``, see ``cyxwiz.db``) until the
@@ -178,6 +192,7 @@ def runs_nodes(db: Database, username: str) -> bool:
         exists().where(
             Node.operator_id == User.id, User.username == username, Node.deleted_at.is_(None)
         )
+        | exists().where(NodeOperator.user_id == User.id, User.username == username)
     )
     if db.dialect != "sqlite" or isinstance(db.sessionmaker.kw.get("bind"), Connection):
         with db.session() as session:
@@ -186,7 +201,7 @@ def runs_nodes(db: Database, username: str) -> bool:
     try:
         cursor = raw.cursor()
         try:
-            cursor.execute(_RUNS_NODES_SQL, (username,))
+            cursor.execute(_RUNS_NODES_SQL, (username, username))
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -237,6 +252,15 @@ def nodes_page(request: Request, session: SessionDep, viewer: UiViewer, ctx: Ctx
     rows = node_rows(session, ctx, viewer=viewer)
     context: dict[str, Any] = {
         "rows": rows,
+        "operator": nodes.operator_record(session, user_id=viewer.id),
+        "applications": (
+            nodes.list_operators(session, actor=viewer, status="applied") if viewer.is_admin else []
+        ),
+        "approved": (
+            nodes.list_operators(session, actor=viewer, status="approved")
+            if viewer.is_admin
+            else []
+        ),
         "all_nodes": viewer.is_admin,
         "counts": {s: sum(1 for r in rows if r.status == s) for s in STATUS_NOTES},
         "stale_after": ctx.settings.inference_node_stale_seconds,
@@ -275,4 +299,62 @@ def resume_node(
     node = nodes.resume(session, node=_node(session, node_id, actor), actor=actor)
     response = see_other(f"/nodes#node-{node.id}")
     set_flash(response, f"Node {node.name} resumed: it takes new requests again.")
+    return response
+
+
+# ---------------------------------------------------------------- the operator trust tier
+
+
+@router.post("/nodes/operator/apply")
+def apply_as_operator(
+    request: Request, form: CsrfForm, session: SessionDep, actor: UiActor, ctx: CtxDep
+) -> Response:
+    """Apply to run inference nodes (an admin decides)."""
+    if actor is None:
+        return login_redirect(request, "/nodes")
+    nodes.apply_as_operator(
+        session, user=actor, statement=field(form, "statement"), now=ctx.clock.now()
+    )
+    response = see_other("/nodes#operator")
+    set_flash(response, "Application sent: an admin will review it.")
+    return response
+
+
+DECISION_FLASH = {
+    "approve": "{name} is now an approved node operator.",
+    "reject": "{name}'s application was rejected.",
+    "revoke": "{name} is no longer a node operator: their nodes left routing at once.",
+}
+
+
+@router.post("/nodes/operators/{username}/{decision}")
+def decide_operator(
+    request: Request,
+    username: str,
+    decision: str,
+    form: CsrfForm,
+    session: SessionDep,
+    actor: UiActor,
+    ctx: CtxDep,
+) -> Response:
+    """(Admin) Approve, reject or revoke a node operator."""
+    if actor is None:
+        return login_redirect(request, "/nodes")
+    if not actor.is_admin:
+        raise PermissionDenied("only admins decide on node operators", code="admin_required")
+    if decision not in DECISION_FLASH:
+        raise NotFound(f"no action {decision!r}", code="not_found")
+    user = get_user_by_username(session, username)
+    nodes.decide_operator(
+        session,
+        user=user,
+        decision=decision,
+        actor=actor,
+        now=ctx.clock.now(),
+        reason=field(form, "reason"),
+    )
+    if decision == "revoke" and ctx.gateway is not None:
+        ctx.gateway.forget_operator(user.id)
+    response = see_other("/nodes#operators")
+    set_flash(response, DECISION_FLASH[decision].format(name=user.username))
     return response

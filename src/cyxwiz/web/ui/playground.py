@@ -33,6 +33,7 @@ from cyxwiz.catalog.models import Model, ModelVersion
 from cyxwiz.errors import DomainError
 from cyxwiz.inference import metering_reports as reports
 from cyxwiz.inference.gateway import Caller, Gateway
+from cyxwiz.web.clientip import client_ip as caller_ip
 from cyxwiz.web.deps import AppContext, CtxDep, SessionDep
 from cyxwiz.web.ui.forms import MAX_FORM_FIELDS, CsrfForm, UiActor, login_redirect
 from cyxwiz.web.ui.forms import field as form_field
@@ -59,6 +60,9 @@ _TITLES = {
     "invalid_json": "That is not valid JSON",
     "invalid_input": "The model did not accept this input",
     "quota_exhausted": "No free runs left",
+    "demo_budget_exhausted": "Free runs are used up for today",
+    "empty_batch": "There is nothing to run",
+    "batch_too_large": "Too many rows at once",
     "insufficient_funds": "Insufficient funds",
     "model_unavailable": "The model is not available right now",
     "rate_limited": "Too many runs",
@@ -414,9 +418,17 @@ def panel_context(
 
 
 async def run(
-    gw: Gateway, *, user_id: uuid.UUID, is_admin: bool, owner: str, name: str, text: str
+    gw: Gateway,
+    *,
+    user_id: uuid.UUID,
+    is_admin: bool,
+    owner: str,
+    name: str,
+    text: str,
+    client_ip: str | None = None,
 ) -> Outcome:
-    """Run ``text`` (the simple JSON request) on the model as the user; errors → Outcome."""
+    """Run ``text`` (the simple JSON request) on the model as the user (demo calls budgeted by
+    ``client_ip``); errors → Outcome."""
     outcome = Outcome(payload=text)
     try:
         if len(text) > MAX_INPUT_CHARS:
@@ -429,7 +441,9 @@ async def run(
     caller = Caller(user_id=user_id, is_admin=is_admin, via="session", api_key_id=None, scopes=None)
     try:
         target = await gw.target(owner=owner, name=name, version=None, caller=caller)
-        answer = await gw.infer_simple(caller=caller, target=target, body=orjson.dumps(payload))
+        answer = await gw.infer_simple(
+            caller=caller, target=target, body=orjson.dumps(payload), client_ip=client_ip
+        )
     except DomainError as exc:
         return _failed(outcome, exc.code, exc.detail, exc.status)
     result = orjson.loads(answer.body)
@@ -493,7 +507,15 @@ async def playground(
             )
         else:
             outcome = await run(
-                gw, user_id=user_id, is_admin=is_admin, owner=owner, name=name, text=text
+                gw,
+                user_id=user_id,
+                is_admin=is_admin,
+                owner=owner,
+                name=name,
+                text=text,
+                client_ip=caller_ip(
+                    request.scope, trusted_proxies=ctx.settings.trusted_proxy_count
+                ),
             )
     if fields:
         outcome.mode = "fields"

@@ -27,7 +27,7 @@ from cyxwiz.catalog.cards import card_metrics, render_card, split_card
 from cyxwiz.catalog.models import Model, ModelVersion
 from cyxwiz.catalog.schemas import ModelCreate, ModelUpdate, VersionCreate
 from cyxwiz.config import Settings
-from cyxwiz.errors import DomainError, InvalidInput
+from cyxwiz.errors import DomainError, InvalidInput, TooManyAttempts
 from cyxwiz.licensing import service as licensing
 from cyxwiz.provenance import service as provenance
 from cyxwiz.storage import BlobStore
@@ -35,9 +35,11 @@ from cyxwiz.web.deps import (
     SESSION_COOKIE,
     AppContext,
     BlobStoreDep,
+    ClientIpDep,
     CtxDep,
     SessionDep,
     SettingsDep,
+    ThrottleDep,
     get_ctx,
 )
 from cyxwiz.web.files import serve_model_file
@@ -278,18 +280,28 @@ def signup_form(request: Request, viewer: UiViewer, next: str = "") -> Response:
 
 @router.post("/signup")
 def signup(
-    request: Request, form: CsrfForm, session: SessionDep, settings: SettingsDep, actor: UiActor
+    request: Request,
+    form: CsrfForm,
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: UiActor,
+    throttle: ThrottleDep,
+    ip: ClientIpDep,
 ) -> Response:
     values = {k: field(form, k) for k in ("username", "email", "display_name")}
     nxt = safe_next(field(form, "next"), "")
+    key = None
     try:
         data = RegisterIn(**values, password=field(form, "password"))
+        key = throttle.register_attempt(ip=ip)  # the API's throttle: one budget per IP
         user = accounts.register(session, **data.model_dump())
     except (DomainError, ValidationError) as exc:
         session.rollback()
+        if key is not None:
+            throttle.register_failed(key)
         error, status = _failure(exc)
         ctx = {"next": nxt, "values": values, "error": error}
-        return page(request, "auth/signup.html", ctx, status=status)
+        return page(request, "auth/signup.html", ctx, status=status, headers=_retry(exc))
     return _sign_in(
         request, session, settings, user, nxt or "/", f"Welcome to CyxWiz, {user.username}!"
     )
@@ -304,19 +316,32 @@ def login_form(request: Request, viewer: UiViewer, next: str = "") -> Response:
 
 @router.post("/login")
 def login(
-    request: Request, form: CsrfForm, session: SessionDep, settings: SettingsDep, actor: UiActor
+    request: Request,
+    form: CsrfForm,
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: UiActor,
+    throttle: ThrottleDep,
+    ip: ClientIpDep,
 ) -> Response:
     login_value = field(form, "login")
     nxt = safe_next(field(form, "next"), "")
     try:
         data = LoginIn(username=login_value, password=field(form, "password"))
+        attempt = throttle.login_attempt(ip=ip, login=data.username)  # shared with the API
         user = accounts.authenticate(session, login=data.username, password=data.password)
+        throttle.login_succeeded(attempt)
     except (DomainError, ValidationError) as exc:
         session.rollback()
         error, status = _failure(exc)
         ctx = {"next": nxt, "login": login_value, "error": error}
-        return page(request, "auth/login.html", ctx, status=status)
+        return page(request, "auth/login.html", ctx, status=status, headers=_retry(exc))
     return _sign_in(request, session, settings, user, nxt or "/", f"Signed in as {user.username}.")
+
+
+def _retry(exc: DomainError | ValidationError) -> dict[str, str]:
+    """The Retry-After of a throttled sign-in or sign-up, for the re-rendered form."""
+    return dict(exc.headers) if isinstance(exc, TooManyAttempts) else {}
 
 
 def _failure(exc: DomainError | ValidationError) -> tuple[str, int]:
@@ -813,7 +838,13 @@ def publish(
         return login_redirect(request, f"/{owner}/{name}/versions/{version}")
     ver = _editable(session, owner, name, version, actor)
     try:
-        catalog.publish_version(session, version=ver, actor=actor)
+        catalog.publish_version(
+            session,
+            version=ver,
+            actor=actor,
+            blobs=ctx.blobs,
+            policy=catalog.ScanPolicy.from_settings(ctx.settings),
+        )
         chain = provenance.chain_or_none(lambda: ctx.chain)
         provenance.record_attestation(session, version=ver, chain=chain)
     except DomainError as exc:

@@ -557,7 +557,15 @@ def _payout_values(
     return values
 
 
-def _quote(ctx: AppContext, values: Mapping[str, str]) -> dict[str, str]:
+def _quote(
+    ctx: AppContext,
+    values: Mapping[str, str],
+    *,
+    session: Session | None = None,
+    user: User | None = None,
+) -> dict[str, str]:
+    """The API's quote for the form's values (same rules, same refusals); with the user, also
+    what a debt to the platform leaves withdrawable from the chosen source."""
     cur = to_currency(values["currency"])
     paid = to_currency(values["paid_in"] or values["currency"])
     amount = _amount(values["amount"], cur)
@@ -568,12 +576,22 @@ def _quote(ctx: AppContext, values: Mapping[str, str]) -> dict[str, str]:
         amount=amount,
         instant=values["kind"] == "instant",
     )
-    return {
+    out = {
         "debited": format_amount(amount, cur),
         "fee": format_amount(q["fee"], cur),
         "bonus": format_amount(q["bonus"], paid) if q["bonus"] else "",
         "paid": format_amount(q["paid"], paid),
+        "debt": "",
+        "withdrawable": "",
     }
+    if session is not None and user is not None and values.get("source") in pay.SOURCES:
+        room = pay.withdrawable(session, user_id=user.id, source=values["source"], currency=cur)
+        if room["owed"] or room["owed_elsewhere"]:
+            owed = [format_amount(room["owed"], cur)] if room["owed"] else []
+            owed += [format_amount(v, c) for c, v in sorted(room["owed_elsewhere"].items())]
+            out["debt"] = ", ".join(owed)
+            out["withdrawable"] = format_amount(room["withdrawable"], cur)
+    return out
 
 
 def _payouts_page(
@@ -593,8 +611,10 @@ def _payouts_page(
     linked = list(reversed(wallets.list_wallets(session, user=user)))
     sources = _source_balances(session, user)
     earnings_usdc = int(sources["earnings"]["USDC"]["available"])
+    owed = pay.owed_by_currency(pay.open_debts(session, user_id=user.id))
     example = None
-    if earnings_usdc > 0:  # what paying out all available USDC earnings would give, both ways
+    if earnings_usdc >= s.payout_minimum_usdc and not owed:
+        # what paying out all available USDC earnings would give, both ways
         example = {
             "amount": format_amount(earnings_usdc, Currency.USDC),
             "usdc": _quote(
@@ -635,6 +655,8 @@ def _payouts_page(
             "bonus_pct": percent(s.cyx_payout_bonus_bps),
             "cyx_price": s.cyx_price_usdc,
             "weekly_minimum": format_amount(s.payout_weekly_minimum, Currency.USDC),
+            "minimums": ", ".join(format_amount(pay.payout_minimum(s, c), c) for c in Currency),
+            "debts": [format_amount(v, c) for c, v in sorted(owed.items())],
             "error": error,
         },
         status=status,
@@ -665,7 +687,7 @@ def payout_quote(
         return login_redirect(request, "/payouts")
     values = _payout_values(session, actor, _payout_form(form))
     try:
-        quote = _quote(ctx, values)
+        quote = _quote(ctx, values, session=session, user=actor)
     except DomainError as exc:
         return _payouts_page(
             request, ctx, session, actor, values=values, error=exc.detail, status=exc.status

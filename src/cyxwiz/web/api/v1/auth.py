@@ -17,29 +17,62 @@ from cyxwiz.accounts.schemas import (
     TokenOut,
     UserOut,
 )
-from cyxwiz.errors import PermissionDenied
-from cyxwiz.web.deps import CurrentUser, PrincipalDep, ReaderDep, SessionDep, SettingsDep
+from cyxwiz.errors import DomainError, PermissionDenied
+from cyxwiz.web.deps import (
+    ClientIpDep,
+    CurrentUser,
+    PrincipalDep,
+    ReaderDep,
+    SessionDep,
+    SettingsDep,
+    ThrottleDep,
+)
+from cyxwiz.web.openapi import problem_responses
 
 router = APIRouter(tags=["accounts"])
 
 
-@router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-def register(body: RegisterIn, session: SessionDep) -> UserOut:
-    """Create an account. Usernames: 2-39 chars of a-z, 0-9 and hyphens."""
-    user = accounts.register(
-        session,
-        username=body.username,
-        email=body.email,
-        password=body.password,
-        display_name=body.display_name,
-    )
+@router.post(
+    "/auth/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses=problem_responses(409, 422, 429),
+)
+def register(
+    body: RegisterIn, session: SessionDep, throttle: ThrottleDep, ip: ClientIpDep
+) -> UserOut:
+    """Create an account. Usernames: 2-39 chars of a-z, 0-9 and hyphens. Passwords: 8-256
+    characters, no control characters, not the username or email, not a common password.
+    Emails are not unique (nothing tells whether an address has an account). Accounts per
+    client IP are throttled (429 ``too_many_attempts`` with ``Retry-After``)."""
+    key = throttle.register_attempt(ip=ip)
+    try:
+        user = accounts.register(
+            session,
+            username=body.username,
+            email=body.email,
+            password=body.password,
+            display_name=body.display_name,
+        )
+    except DomainError:
+        throttle.register_failed(key)
+        raise
     return UserOut.model_validate(user)
 
 
-@router.post("/auth/login", response_model=TokenOut)
-def login(body: LoginIn, session: SessionDep, settings: SettingsDep) -> TokenOut:
-    """Exchange username (or email) and password for a bearer access token."""
+@router.post("/auth/login", response_model=TokenOut, responses=problem_responses(401, 422, 429))
+def login(
+    body: LoginIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    throttle: ThrottleDep,
+    ip: ClientIpDep,
+) -> TokenOut:
+    """Exchange username and password for a bearer access token. Failed attempts are throttled
+    per IP, per account and per account+IP (429 ``too_many_attempts`` with ``Retry-After``)."""
+    attempt = throttle.login_attempt(ip=ip, login=body.username)
     user = accounts.authenticate(session, login=body.username, password=body.password)
+    throttle.login_succeeded(attempt)
     raw, token = accounts.issue_token(
         session, user=user, kind="access", ttl_seconds=settings.access_token_ttl_seconds
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Response, status
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,7 +31,7 @@ from cyxwiz.licensing.schemas import (
 )
 from cyxwiz.money import Currency, format_amount
 from cyxwiz.web.deps import CtxDep, CurrentUser, ReaderDep, SessionDep, SettingsDep, ViewerDep
-from cyxwiz.web.shaping import license_out, offers_out
+from cyxwiz.web.shaping import PageDep, license_out, offers_out
 
 router = APIRouter(tags=["money"])
 IdempotencyKey = Annotated[
@@ -246,13 +246,9 @@ def creator_earnings(session: SessionDep, user: ReaderDep) -> dict[str, Any]:
 
 
 @router.get("/ledger/transfers", response_model=TransferPage)
-def my_transfers(
-    session: SessionDep,
-    user: ReaderDep,
-    page: Annotated[int, Query(ge=1, le=100000)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> TransferPage:
+def my_transfers(session: SessionDep, user: ReaderDep, paging: PageDep) -> TransferPage:
     """Every ledger transfer touching your balance or earnings, newest first."""
+    page, per_page = paging.page, paging.per_page
     rows, total = flows.user_transfers(session, user=user, page=page, per_page=per_page)
     items = [
         TransferOut(

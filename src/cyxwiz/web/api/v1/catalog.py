@@ -31,6 +31,7 @@ from cyxwiz.provenance import service as provenance
 from cyxwiz.storage import BlobStore
 from cyxwiz.web.deps import BlobStoreDep, CtxDep, CurrentUser, SessionDep, SettingsDep, ViewerDep
 from cyxwiz.web.files import serve_model_file
+from cyxwiz.web.shaping import PageDep
 
 router = APIRouter(tags=["catalog"])
 UPLOAD_BUFFER = 1024 * 1024
@@ -58,6 +59,7 @@ def categories(session: SessionDep) -> list[CategoryNodeOut]:
 def list_models(
     session: SessionDep,
     viewer: ViewerDep,
+    paging: PageDep,
     q: Annotated[
         str | None, Query(max_length=200, description="words in name, title, summary or tags")
     ] = None,
@@ -68,8 +70,6 @@ def list_models(
     owner: str | None = None,
     task: str | None = None,
     sort: Literal["newest", "popular", "updated", "name"] = "newest",
-    page: Annotated[int, Query(ge=1, le=100000)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ModelPage:
     """Search public models. With `owner` set to yourself you also see drafts and private ones."""
     result = catalog.search_models(
@@ -81,8 +81,8 @@ def list_models(
         owner=owner,
         task=task,
         sort=sort,
-        page=page,
-        per_page=per_page,
+        page=paging.page,
+        per_page=paging.per_page,
     )
     return ModelPage(
         items=[model_summary(m) for m in result.items],
@@ -168,10 +168,23 @@ def get_version(
 def publish_version(
     owner: str, name: str, version: str, session: SessionDep, user: CurrentUser, ctx: CtxDep
 ) -> VersionOut:
-    """Freeze a draft version and write its manifest (paths, sizes, sha256) and digest; its
-    on-chain attestation (a Memo with the digest) is signed now and sent after commit."""
+    """Scan every file, then freeze a draft version and write its manifest (paths, sizes,
+    sha256) and digest; its on-chain attestation (a Memo with the digest) is signed now and
+    sent after commit.
+
+    Refused with 422: an ONNX file that is not a valid self-contained model
+    (`invalid_model_file`, `onnx_external_data`, `onnx_forbidden_op`,
+    `onnx_unsupported_opset`, `onnx_too_large`) and a file whose scan is dangerous
+    (`dangerous_file`, e.g. a pickle importing `os.system`). Each file's verdict is in
+    `files[].scan`."""
     ver = _editable_version(session, owner, name, version, user)
-    catalog.publish_version(session, version=ver, actor=user)
+    catalog.publish_version(
+        session,
+        version=ver,
+        actor=user,
+        blobs=ctx.blobs,
+        policy=catalog.ScanPolicy.from_settings(ctx.settings),
+    )
     chain = provenance.chain_or_none(lambda: ctx.chain)
     provenance.record_attestation(session, version=ver, chain=chain)
     return version_out(ver)
@@ -202,7 +215,7 @@ FILE_ROUTE = "/models/{owner}/{name}/versions/{version}/files/{path:path}"
 def list_files(
     owner: str, name: str, version: str, session: SessionDep, viewer: ViewerDep
 ) -> list[FileOut]:
-    """Files of a version with sizes and sha256."""
+    """Files of a version with sizes, sha256 and each file's safety scan."""
     model = catalog.get_model(session, owner=owner, name=name, viewer=viewer)
     ver = catalog.get_version(session, model=model, version=version, viewer=viewer)
     return [file_out(f) for f in ver.files]

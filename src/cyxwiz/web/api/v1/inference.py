@@ -29,7 +29,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cyxwiz import __version__
 from cyxwiz.errors import DomainError, PayloadTooLarge
-from cyxwiz.inference.gateway import Answer, Gateway, UnsupportedMediaType, split_oip_name
+from cyxwiz.inference import service as nodes_service
+from cyxwiz.inference.gateway import (
+    ANONYMOUS,
+    Answer,
+    Gateway,
+    UnsupportedMediaType,
+    split_oip_name,
+)
+from cyxwiz.web.clientip import client_ip
 
 log = logging.getLogger("cyxwiz.gateway")
 router = APIRouter(tags=["inference"])
@@ -100,11 +108,14 @@ async def handle_simple(
     version: str | None,
     authorization: str | None,
     body: bytes,
+    ip: str | None = None,
 ) -> Reply:
     async def run() -> Reply:
         caller = await gw.authenticate(authorization)
         target = await gw.target(owner=owner, name=name, version=version, caller=caller)
-        return _answer_reply(await gw.infer_simple(caller=caller, target=target, body=body))
+        return _answer_reply(
+            await gw.infer_simple(caller=caller, target=target, body=body, client_ip=ip)
+        )
 
     return await _guard(path, run)
 
@@ -118,6 +129,7 @@ async def handle_v2(
     authorization: str | None,
     body: bytes,
     binary: bool = False,
+    ip: str | None = None,
 ) -> Reply:
     async def run() -> Reply:
         caller = await gw.authenticate(authorization)
@@ -129,7 +141,9 @@ async def handle_v2(
             )
         owner, name = split_oip_name(model)
         target = await gw.target(owner=owner, name=name, version=version, caller=caller)
-        return _answer_reply(await gw.infer_v2(caller=caller, target=target, body=body))
+        return _answer_reply(
+            await gw.infer_v2(caller=caller, target=target, body=body, client_ip=ip)
+        )
 
     return await _guard(path, run)
 
@@ -169,6 +183,11 @@ async def _body(request: Request) -> bytes | Response:
 def _gateway(request: Request) -> Gateway:
     gw: Gateway = request.app.state.ctx.gateway
     return gw
+
+
+def _ip(scope: Scope, gw: Gateway) -> str:
+    """The caller's IP (what demo calls are budgeted by; docs/metering.md)."""
+    return client_ip(scope, trusted_proxies=gw.settings.trusted_proxy_count)
 
 
 # ---------------------------------------------------------------- OpenAPI schemas
@@ -236,8 +255,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "insufficient_scope (the key lacks 'inference')", "content": _PROBLEM},
     404: {"description": "model_not_found / version_not_found", "content": _PROBLEM},
     409: {"description": "not_for_sale", "content": _PROBLEM},
-    413: {"description": "payload_too_large", "content": _PROBLEM},
-    429: {"description": "rate_limited (Retry-After) / quota_exhausted", "content": _PROBLEM},
+    413: {"description": "payload_too_large / batch_too_large", "content": _PROBLEM},
+    422: {"description": "empty_batch (no rows; not billed)", "content": _PROBLEM},
+    429: {
+        "description": "rate_limited (Retry-After) / quota_exhausted / demo_budget_exhausted "
+        "(Retry-After)",
+        "content": _PROBLEM,
+    },
     503: {"description": "model_unavailable", "content": _PROBLEM},
 }
 
@@ -280,6 +304,7 @@ async def infer_simple(
             version=version,
             authorization=request.headers.get("authorization"),
             body=body,
+            ip=_ip(request.scope, _gateway(request)),
         )
     )
 
@@ -310,6 +335,7 @@ async def infer_v2(request: Request, model: str, version: str | None = None) -> 
             authorization=request.headers.get("authorization"),
             body=body,
             binary="inference-header-content-length" in request.headers,
+            ip=_ip(request.scope, _gateway(request)),
         )
     )
 
@@ -340,11 +366,58 @@ async def model_version_metadata(request: Request, model: str, version: str) -> 
     return await model_metadata(request, model, version)
 
 
-@router.get("/v2/models/{model}/ready")
-async def model_ready(request: Request, model: str) -> dict[str, bool]:
-    """Whether some healthy node can serve models (OIP model readiness)."""
-    table = await _gateway(request).routing_table()
-    return {"ready": bool(table)}
+async def handle_v2_ready(
+    gw: Gateway, *, path: str, model: str, version: str | None, authorization: str | None
+) -> Reply:
+    """OIP model readiness: 404 (problem) for a model the caller may not see — unknown,
+    private to someone else, no published version (drafts), unknown version; else 200
+    ``{"name", "ready": true}`` when a healthy node can serve it now, or 503
+    ``{"name", "ready": false}`` when none can. Anonymous callers see public and unlisted
+    models only; a bearer (API key or access token) sees what it may call."""
+
+    async def run() -> Reply:
+        caller = ANONYMOUS if authorization is None else await gw.authenticate(authorization)
+        owner, name = split_oip_name(model)
+        target = await gw.target(owner=owner, name=name, version=version, caller=caller)
+        table = await gw.routing_table()
+        node = nodes_service.choose_node(
+            table, version_id=target.version_id, exclude=[], inflight=gw.inflight
+        )
+        ready = node is not None
+        body = orjson.dumps({"name": target.oip_name, "ready": ready})
+        return (200 if ready else 503), [(b"content-type", JSON)], body
+
+    return await _guard(path, run)
+
+
+_READY_DOC: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {
+        200: {"description": "ready: a healthy node can serve the model now"},
+        404: {"description": "model_not_found / version_not_found", "content": _PROBLEM},
+        503: {"description": "known, but no healthy node can serve it now (ready false)"},
+    },
+}
+
+
+@router.get("/v2/models/{model}/ready", **_READY_DOC)
+async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+    """OIP model readiness of ``owner--name`` (404 for unknown or hidden models)."""
+    return _response(
+        await handle_v2_ready(
+            _gateway(request),
+            path=request.url.path,
+            model=model,
+            version=version,
+            authorization=request.headers.get("authorization"),
+        )
+    )
+
+
+@router.get("/v2/models/{model}/versions/{version}/ready", **_READY_DOC)
+async def model_version_ready(request: Request, model: str, version: str) -> Response:
+    """OIP model readiness of one published version."""
+    return await model_ready(request, model, version)
 
 
 @router.get("/v2/health/live")
@@ -446,6 +519,7 @@ async def _serve(
             version=unquote(simple.group(3)) if simple.group(3) else version,
             authorization=authorization,
             body=body,
+            ip=_ip(scope, gw),
         )
     else:
         assert v2 is not None
@@ -457,6 +531,7 @@ async def _serve(
             authorization=authorization,
             body=body,
             binary=binary,
+            ip=_ip(scope, gw),
         )
     return reply, False
 

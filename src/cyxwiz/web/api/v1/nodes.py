@@ -1,8 +1,12 @@
-"""/api/v1/nodes: node records for operators and admins, and the calls nodes make themselves.
+"""/api/v1/nodes: the operator trust tier, node records for operators and admins, and the
+calls nodes make themselves.
 
-Operators (any signed-in user) create nodes and get a node token once. A node agent then
-authenticates with ``Authorization: Bearer cxw_nt_...`` to register, heartbeat, read the
-manifests (with data keys) of versions assigned to it and download their encrypted blobs.
+Running nodes is a trust tier: a user applies (``POST /nodes/operator``), an admin approves,
+rejects or later revokes (``/nodes/operators/...``). Approved operators create nodes and get
+a node token once. A node agent then authenticates with ``Authorization: Bearer cxw_nt_...``
+to register, heartbeat, read the manifests (with data keys) of versions assigned to it and
+download their encrypted blobs — each of those refused (403 ``operator_not_approved``) as
+soon as its operator is no longer approved.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 
+from cyxwiz.accounts.service import get_user_by_username
+from cyxwiz.errors import NotFound
 from cyxwiz.inference import service as nodes
 from cyxwiz.inference.interfaces import InvalidNodeToken
 from cyxwiz.inference.models import Node
@@ -24,11 +30,24 @@ from cyxwiz.inference.schemas import (
     NodeCreated,
     NodeOut,
     NodeStatus,
+    OperatorApply,
+    OperatorDecisionIn,
+    OperatorOut,
+    OperatorStatus,
     RegisterIn,
     RegisterOut,
 )
+from cyxwiz.netguard import AddressGuard
 from cyxwiz.storage.crypto import validate_address
-from cyxwiz.web.deps import AdminUser, BlobStoreDep, CtxDep, CurrentUser, ReaderDep, SessionDep
+from cyxwiz.web.deps import (
+    AdminUser,
+    AppContext,
+    BlobStoreDep,
+    CtxDep,
+    CurrentUser,
+    ReaderDep,
+    SessionDep,
+)
 from cyxwiz.web.files import BlobStreamResponse
 
 router = APIRouter(tags=["nodes"])
@@ -55,6 +74,13 @@ def current_node(request: Request, session: SessionDep) -> Node:
 NodeDep = Annotated[Node, Depends(current_node)]
 
 
+def _guard(ctx: AppContext) -> AddressGuard:
+    """The gateway's address guard (the one it checks again at connect time)."""
+    if ctx.gateway is not None:
+        return ctx.gateway.guard
+    return nodes.address_guard(ctx.settings)
+
+
 # ---------------------------------------------------------------- called by node agents
 
 
@@ -62,6 +88,7 @@ NodeDep = Annotated[Node, Depends(current_node)]
 def register_node(body: RegisterIn, node: NodeDep, session: SessionDep, ctx: CtxDep) -> RegisterOut:
     """(Node token) Announce where the node listens; returns the gateway secret the node must
     require on every call, and how often to heartbeat."""
+    guard = _guard(ctx)
     secret = nodes.register(
         session,
         node=node,
@@ -69,13 +96,14 @@ def register_node(body: RegisterIn, node: NodeDep, session: SessionDep, ctx: Ctx
         capacity=body.capacity,
         agent_version=body.agent_version,
         now=ctx.clock.now(),
-        allow_private_urls=not ctx.settings.is_production,
+        allow_private_urls=guard.allow_private,
+        guard=guard,
     )
     return RegisterOut(
         node_id=node.id,
         status=node.status,
         gateway_secret=secret,
-        heartbeat_seconds=nodes.HEARTBEAT_SECONDS,
+        heartbeat_seconds=ctx.settings.inference_node_heartbeat_seconds,
     )
 
 
@@ -86,7 +114,9 @@ def node_heartbeat(
     """(Node token) Outstanding requests and warm versions; keeps the node in the routing
     table. 409 `node_not_registered` means: register (again)."""
     nodes.heartbeat(session, node=node, load=body.load, warm=body.warm, now=ctx.clock.now())
-    return HeartbeatOut(status=node.status, heartbeat_seconds=nodes.HEARTBEAT_SECONDS)
+    return HeartbeatOut(
+        status=node.status, heartbeat_seconds=ctx.settings.inference_node_heartbeat_seconds
+    )
 
 
 @router.get("/nodes/assignments/{version_id}", response_model=ManifestOut)
@@ -120,12 +150,110 @@ def node_blob(address: str, node: NodeDep, session: SessionDep, blobs: BlobStore
     )
 
 
+# ---------------------------------------------------------------- the operator trust tier
+
+
+@router.get("/nodes/operator", response_model=OperatorOut)
+def my_operator_application(session: SessionDep, user: ReaderDep) -> OperatorOut:
+    """Your node operator application and its state (404 if you never applied)."""
+    row = nodes.operator_record(session, user_id=user.id)
+    if row is None:
+        raise NotFound("you have not applied to run nodes", code="operator_application_not_found")
+    return OperatorOut.of(row)
+
+
+@router.post("/nodes/operator", response_model=OperatorOut)
+def apply_as_operator(
+    body: OperatorApply, session: SessionDep, user: CurrentUser, ctx: CtxDep
+) -> OperatorOut:
+    """Apply to run inference nodes (or update a pending application; apply again after a
+    rejection or revocation). An admin decides; 409 ``already_operator`` if approved."""
+    row = nodes.apply_as_operator(session, user=user, statement=body.statement, now=ctx.clock.now())
+    return OperatorOut.of(row)
+
+
+@router.get("/nodes/operators", response_model=list[OperatorOut])
+def list_operators(
+    session: SessionDep,
+    user: ReaderDep,
+    status_filter: Annotated[OperatorStatus | None, Query(alias="status")] = None,
+) -> list[OperatorOut]:
+    """(Admin) Operator applications and standings; ``?status=applied`` for pending ones."""
+    rows = nodes.list_operators(session, actor=user, status=status_filter)
+    return [OperatorOut.of(r) for r in rows]
+
+
+def _decide(
+    username: str,
+    decision: str,
+    body: OperatorDecisionIn | None,
+    session: SessionDep,
+    admin: AdminUser,
+    ctx: AppContext,
+    tasks: BackgroundTasks,
+) -> OperatorOut:
+    user = get_user_by_username(session, username)  # 404 user_not_found
+    row = nodes.decide_operator(
+        session,
+        user=user,
+        decision=decision,
+        actor=admin,
+        now=ctx.clock.now(),
+        reason=body.reason if body is not None else "",
+    )
+    if decision == "revoke" and ctx.gateway is not None:
+        ctx.gateway.forget_operator(user.id)  # out of this replica's routing now ...
+        tasks.add_task(ctx.gateway.forget_operator, user.id)  # ... and after the commit
+    return OperatorOut.of(row)
+
+
+@router.post("/nodes/operators/{username}/approve", response_model=OperatorOut)
+def approve_operator(
+    username: str,
+    session: SessionDep,
+    admin: AdminUser,
+    ctx: CtxDep,
+    tasks: BackgroundTasks,
+    body: OperatorDecisionIn | None = None,
+) -> OperatorOut:
+    """(Admin) Let the user run nodes (with or without an application; idempotent)."""
+    return _decide(username, "approve", body, session, admin, ctx, tasks)
+
+
+@router.post("/nodes/operators/{username}/reject", response_model=OperatorOut)
+def reject_operator(
+    username: str,
+    session: SessionDep,
+    admin: AdminUser,
+    ctx: CtxDep,
+    tasks: BackgroundTasks,
+    body: OperatorDecisionIn | None = None,
+) -> OperatorOut:
+    """(Admin) Turn down a pending application (409 ``no_pending_application`` otherwise)."""
+    return _decide(username, "reject", body, session, admin, ctx, tasks)
+
+
+@router.post("/nodes/operators/{username}/revoke", response_model=OperatorOut)
+def revoke_operator(
+    username: str,
+    session: SessionDep,
+    admin: AdminUser,
+    ctx: CtxDep,
+    tasks: BackgroundTasks,
+    body: OperatorDecisionIn | None = None,
+) -> OperatorOut:
+    """(Admin) Withdraw an approval, at once: the operator's nodes leave routing, lose their
+    registration and assignments, and their manifest and blob calls are refused."""
+    return _decide(username, "revoke", body, session, admin, ctx, tasks)
+
+
 # ---------------------------------------------------------------- operators and admins
 
 
 @router.post("/nodes", status_code=status.HTTP_201_CREATED, response_model=NodeCreated)
 def create_node(body: NodeCreate, session: SessionDep, user: CurrentUser) -> NodeCreated:
-    """Create a node you operate; the response holds its token, shown only this once."""
+    """Create a node you operate (approved node operators only: 403
+    ``operator_not_approved`` otherwise); the response holds its token, shown only once."""
     token, node = nodes.create_node(session, operator=user, name=body.name)
     return NodeCreated(node=NodeOut.of(node), token=token)
 
@@ -137,16 +265,23 @@ def list_nodes(
     ctx: CtxDep,
     status_filter: Annotated[NodeStatus | None, Query(alias="status")] = None,
 ) -> list[NodeOut]:
-    """Admins: every node. Others: the nodes they operate. Stale nodes show as offline."""
-    nodes.evict_stale(session, now=ctx.clock.now())
-    return [NodeOut.of(n) for n in nodes.list_nodes(session, viewer=user, status=status_filter)]
+    """Admins: every node. Others: the nodes they operate. A node whose heartbeat is older
+    than ``inference_node_stale_seconds`` shows as offline (reading changes nothing)."""
+    now, stale = ctx.clock.now(), ctx.settings.inference_node_stale_seconds
+    shown = [
+        NodeOut.of(n, now=now, stale_after=stale) for n in nodes.list_nodes(session, viewer=user)
+    ]
+    return [n for n in shown if status_filter is None or n.status == status_filter]
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut)
 def get_node(node_id: uuid.UUID, session: SessionDep, user: ReaderDep, ctx: CtxDep) -> NodeOut:
-    """A node you operate (admins: any node)."""
-    nodes.evict_stale(session, now=ctx.clock.now())
-    return NodeOut.of(nodes.get_node(session, node_id=node_id, viewer=user))
+    """A node you operate (admins: any node); stale shows as offline, as in the list."""
+    return NodeOut.of(
+        nodes.get_node(session, node_id=node_id, viewer=user),
+        now=ctx.clock.now(),
+        stale_after=ctx.settings.inference_node_stale_seconds,
+    )
 
 
 @router.post("/nodes/{node_id}/drain", response_model=NodeOut)

@@ -19,8 +19,9 @@ from cyxwiz.billing.models import Deposit, Payout
 from cyxwiz.chain import solana_pay, tokens
 from cyxwiz.config import ChainBackend
 from cyxwiz.errors import NotFound
-from cyxwiz.money import Currency, format_amount
+from cyxwiz.money import MAX_AMOUNT, Currency, format_amount
 from cyxwiz.web.deps import ChainDep, CtxDep, CurrentUser, ReaderDep, SessionDep
+from cyxwiz.web.shaping import Amount, PageDep, WholeNumber
 
 router = APIRouter(tags=["settlement"])
 IdempotencyKey = Annotated[
@@ -64,7 +65,7 @@ class FaucetIn(BaseModel):
         default=None, description="address to mint to (default: your most recently linked wallet)"
     )
     currency: Literal["USDC", "CYX"] = "USDC"
-    amount: int = Field(gt=0, description="base units (6 decimals)", examples=[100_000_000])
+    amount: Amount = Field(description="base units (6 decimals)", examples=[100_000_000])
 
 
 @router.post("/chain/faucet", status_code=status.HTTP_201_CREATED)
@@ -91,7 +92,7 @@ def faucet(body: FaucetIn, session: SessionDep, user: CurrentUser, ctx: CtxDep) 
 class DepositIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     currency: Literal["USDC", "CYX"] = "USDC"
-    amount: int = Field(gt=0, description="base units (6 decimals)", examples=[25_000_000])
+    amount: Amount = Field(description="base units (6 decimals)", examples=[25_000_000])
 
 
 def deposit_out(
@@ -158,21 +159,14 @@ def create_deposit(
 
 
 @router.get("/deposits")
-def list_deposits(
-    session: SessionDep,
-    user: ReaderDep,
-    page: Annotated[int, Query(ge=1)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+def list_deposits(session: SessionDep, user: ReaderDep, paging: PageDep) -> dict[str, Any]:
     """Your deposit requests, newest first."""
-    rows, total = dep.list_deposits(
-        session, user=user, limit=per_page, offset=(page - 1) * per_page
-    )
+    rows, total = dep.list_deposits(session, user=user, limit=paging.limit, offset=paging.offset)
     return {
         "items": [deposit_out(session, r, user) for r in rows],
         "total": total,
-        "page": page,
-        "per_page": per_page,
+        "page": paging.page,
+        "per_page": paging.per_page,
     }
 
 
@@ -223,7 +217,10 @@ def deposit_qr(deposit_id: uuid.UUID, session: SessionDep, user: ReaderDep) -> R
 
 class PayoutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    amount: int = Field(gt=0, description="base units debited from the source account")
+    amount: Amount = Field(
+        description="base units debited from the source account (at least the currency's "
+        "payout minimum; a debt to the platform is repaid first, on top of it)"
+    )
     currency: Literal["USDC", "CYX"] = "USDC"
     source: Literal["earnings", "balance", "node_earnings"] = "earnings"
     paid_in: Literal["USDC", "CYX"] | None = Field(
@@ -243,6 +240,7 @@ def payout_out(row: Payout) -> dict[str, Any]:
         "fee": _amount(row.fee, row.currency),
         "bonus": _amount(row.bonus, row.paid_currency),
         "paid": _amount(row.paid_amount, row.paid_currency),
+        "debt_repaid": _amount(row.debt_repaid, row.currency),
         "wallet": row.wallet,
         "signature": row.signature,
         "attempts": row.attempts,
@@ -287,42 +285,57 @@ def create_payout(
 
 
 @router.get("/payouts")
-def list_payouts(
-    session: SessionDep,
-    user: ReaderDep,
-    page: Annotated[int, Query(ge=1)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+def list_payouts(session: SessionDep, user: ReaderDep, paging: PageDep) -> dict[str, Any]:
     """Your payouts, newest first, with their on-chain signatures."""
-    rows, total = pay.list_payouts(session, user=user, limit=per_page, offset=(page - 1) * per_page)
+    rows, total = pay.list_payouts(session, user=user, limit=paging.limit, offset=paging.offset)
     return {
         "items": [payout_out(r) for r in rows],
         "total": total,
-        "page": page,
-        "per_page": per_page,
+        "page": paging.page,
+        "per_page": paging.per_page,
     }
 
 
 @router.get("/payouts/quote")
 def payout_quote(
+    session: SessionDep,
     ctx: CtxDep,
     user: ReaderDep,
-    amount: Annotated[int, Query(gt=0)],
+    amount: Annotated[
+        int,
+        Query(ge=1, le=MAX_AMOUNT, description="base units debited (digits only)"),
+        WholeNumber,
+    ],
     currency: Literal["USDC", "CYX"] = "USDC",
     paid_in: Literal["USDC", "CYX"] | None = None,
     kind: Literal["instant", "scheduled"] = "instant",
+    source: Literal["earnings", "balance", "node_earnings"] = "earnings",
 ) -> dict[str, Any]:
-    """What a payout would cost and pay (fee, CYX bonus), without making it."""
+    """What a payout would cost and pay (fee, CYX bonus), without making it; and what the
+    source account can pay out: `available`, any `debt` to the platform in this currency
+    (repaid first, so `withdrawable` is what is left), `debt_elsewhere` (a debt in another
+    currency blocks payouts until repaid), `minimum`. The same rules as `POST /payouts`: an
+    amount it would refuse for its size is refused here with the same code."""
     cur = Currency(currency)
     paid = Currency(paid_in) if paid_in else cur
     q = pay.quote(
         settings=ctx.settings, currency=cur, paid_in=paid, amount=amount, instant=kind == "instant"
     )
+    room = pay.withdrawable(session, user_id=user.id, source=source, currency=cur)
+    fits = not room["owed_elsewhere"] and amount <= room["withdrawable"]
     return {
         "debited": _amount(amount, cur.value),
         "fee": _amount(q["fee"], cur.value),
         "bonus": _amount(q["bonus"], paid.value),
         "paid": _amount(q["paid"], paid.value),
+        "minimum": _amount(pay.payout_minimum(ctx.settings, cur), cur.value),
+        "source": source,
+        "available": _amount(room["available"], cur.value),
+        "debt": _amount(room["owed"], cur.value),
+        "debt_elsewhere": [_amount(v, c) for c, v in sorted(room["owed_elsewhere"].items())],
+        "withdrawable": _amount(room["withdrawable"], cur.value),
+        "debt_repaid": _amount(room["owed"] if fits else 0, cur.value),
+        "fits": fits,
     }
 
 
