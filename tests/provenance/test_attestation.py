@@ -24,8 +24,8 @@ from cyxwiz.clock import TestClock
 from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.provenance import service as provenance
-from cyxwiz.provenance.loop import attestation_loop
 from cyxwiz.provenance.models import Attestation
+from cyxwiz.provenance.scheduled import attestation_loop
 from cyxwiz.storage import BlobStore
 from cyxwiz.web.app import create_app
 from tests.factories import Account, Api, onnx_with_payload
@@ -490,7 +490,7 @@ def test_attestation_loop_confirms_and_survives_a_broken_chain(
             return flaky()
 
     async def main() -> None:
-        task = asyncio.create_task(attestation_loop(FlakyCtx()))  # type: ignore[arg-type]
+        task = asyncio.create_task(attestation_loop(FlakyCtx()))
         try:
             for _ in range(200):
                 await asyncio.sleep(0.05)

@@ -1611,15 +1611,3 @@ def _reservation_shares(
     if model is None:
         raise ValueError(f"model {model_id} is gone and the reservation names no shares")
     return _shares_of(model)
-
-
-async def sweep_reservations_forever(db: Database, settings: Settings) -> None:
-    """The scheduler's job: :func:`sweep_reservations` every
-    ``metering_sweep_interval_seconds`` (errors are logged; the next tick retries)."""
-    while True:
-        try:
-            while (await anyio.to_thread.run_sync(sweep_reservations, db, settings)).swept:
-                pass  # more than one page of orphans: keep going
-        except Exception:
-            log.exception("metering reservation sweep failed")
-        await asyncio.sleep(settings.metering_sweep_interval_seconds)

@@ -1,15 +1,18 @@
-"""The ASGI app factory: one FastAPI app serving the API, the web UI and file routes."""
+"""The ASGI app factory: one FastAPI app serving the API, the web UI and file routes.
+
+Its lifespan starts the inference gateway and, with ``run_scheduler`` (``cyxwiz serve``, the
+ASGI entry), the background jobs registered in ``cyxwiz.jobs``: escrow release and deposit
+watching + payouts (``billing/scheduled.py``), node eviction and the metering reservation
+sweeper (``inference/scheduled.py``), attestations (``provenance/scheduled.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -22,9 +25,8 @@ from cyxwiz.config import Settings
 from cyxwiz.db import Database
 from cyxwiz.inference.gateway import Gateway
 from cyxwiz.inference.interfaces import Meter
-from cyxwiz.inference.metering import sweep_reservations_forever
+from cyxwiz.jobs import start_jobs, stop_jobs
 from cyxwiz.licensing.keys import LicenseSigner
-from cyxwiz.provenance.loop import attestation_loop
 from cyxwiz.storage import BlobStore, blob_store_from_settings
 from cyxwiz.web import openapi, problems
 from cyxwiz.web.api import chain_rpc as chain_rpc_api
@@ -41,7 +43,6 @@ from cyxwiz.web.deps import AppContext
 from cyxwiz.web.middleware import HTML_CSP, BodyLimitMiddleware, SecurityHeadersMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
-log = logging.getLogger("cyxwiz.web")
 
 
 class CyxwizApp(FastAPI):
@@ -77,33 +78,20 @@ def create_app(
 ) -> FastAPI:
     """Build the app for ``settings``; tests pass their own database, blob store and clock.
 
-    ``run_scheduler`` starts the background jobs (escrow release, node eviction) — ``cyxwiz
-    serve`` does. ``meter`` meters inference (default: ``cyxwiz.inference.metering``).
+    ``run_scheduler`` starts the background jobs of ``cyxwiz.jobs.JOBS`` — ``cyxwiz serve``
+    does. ``meter`` meters inference (default: ``cyxwiz.inference.metering``).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx: AppContext = app.state.ctx
-        tasks = (
-            [
-                asyncio.create_task(_release_loop(ctx)),
-                asyncio.create_task(_eviction_loop(ctx)),
-                asyncio.create_task(_settlement_loop(ctx)),
-                asyncio.create_task(attestation_loop(ctx)),
-                asyncio.create_task(sweep_reservations_forever(ctx.db, ctx.settings)),
-            ]
-            if run_scheduler
-            else []
-        )
+        tasks: list[asyncio.Task[None]] = start_jobs(ctx) if run_scheduler else []
         if ctx.gateway is not None:
             await ctx.gateway.start()
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_jobs(tasks)
             if ctx.gateway is not None:
                 await ctx.gateway.close()
             ctx.close_chain()
@@ -217,63 +205,3 @@ def _default_meter(ctx: AppContext) -> Meter | None:
     from cyxwiz.inference.metering import UsageMeter
 
     return UsageMeter(ctx.db, ctx.settings, ctx.clock)
-
-
-async def _eviction_loop(ctx: AppContext) -> None:
-    """Mark nodes that missed their heartbeats offline, every ``eviction_interval_seconds``."""
-    while True:
-        try:
-            if ctx.gateway is not None:
-                evicted = await anyio.to_thread.run_sync(ctx.gateway.evict_stale)
-                if evicted:
-                    log.info("%d inference nodes missed their heartbeats: offline", evicted)
-        except Exception:  # keep the loop alive; the job is idempotent
-            log.exception("node eviction failed")
-        await asyncio.sleep(ctx.settings.eviction_interval_seconds)
-
-
-async def _settlement_loop(ctx: AppContext) -> None:
-    """Credit deposits, send and confirm payouts, queue weekly payouts — every
-    ``chain_watch_interval_seconds`` (docs/chain.md). Each step is idempotent."""
-    from cyxwiz.billing.deposits import watch_once
-    from cyxwiz.billing.payouts import process_payouts, schedule_weekly
-
-    last_weekly = 0.0
-
-    def tick() -> None:
-        nonlocal last_weekly
-        s, chain, now = ctx.settings, ctx.chain, ctx.clock.now()
-        credited = watch_once(ctx.db, settings=s, chain=chain, now=now)
-        if credited:
-            log.info("deposits: %d transactions credited", credited)
-        counts = process_payouts(ctx.db, settings=s, chain=chain, now=now)
-        if any(counts.values()):
-            log.info("payouts: %s", counts)
-        if now.timestamp() - last_weekly >= 3600:
-            last_weekly = now.timestamp()
-            schedule_weekly(ctx.db, settings=s, now=now)
-
-    while True:
-        try:
-            await anyio.to_thread.run_sync(tick)
-        except Exception:  # keep the loop alive; the next tick retries
-            log.exception("settlement pass failed")
-        await asyncio.sleep(ctx.settings.chain_watch_interval_seconds)
-
-
-async def _release_loop(ctx: AppContext) -> None:
-    """Release escrow whose refund window closed, every ``release_interval_seconds``."""
-    from cyxwiz.billing.flows import release_due
-
-    def tick() -> int:
-        with ctx.db.session() as session:
-            return release_due(session, now=ctx.clock.now())
-
-    while True:
-        try:
-            released = await anyio.to_thread.run_sync(tick)
-            if released:
-                log.info("released escrow for %d purchases", released)
-        except Exception:  # keep the loop alive; the next tick retries (the job is idempotent)
-            log.exception("escrow release failed")
-        await asyncio.sleep(ctx.settings.release_interval_seconds)

@@ -1,22 +1,20 @@
-"""The background job that drives the attestation outbox (``send_pending``) in ``cyxwiz serve``."""
+"""Provenance's background job, run by ``cyxwiz serve`` through the registry in ``cyxwiz.jobs``:
+it drives the attestation outbox (``send_pending``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
+from cyxwiz.jobcontext import JobContext
 from cyxwiz.provenance.service import SendReport, send_pending
-
-if TYPE_CHECKING:
-    from cyxwiz.web.deps import AppContext
 
 log = logging.getLogger("cyxwiz.provenance")
 
 
-async def attestation_loop(ctx: AppContext) -> None:
+async def attestation_loop(ctx: JobContext) -> None:
     """Send, confirm and backfill attestations every ``chain_watch_interval_seconds``; a failing
     pass is logged (once per distinct error) and retried, never ends the loop."""
     last_error: str | None = None
