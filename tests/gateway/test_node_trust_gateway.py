@@ -330,10 +330,16 @@ def test_a_node_failing_the_platforms_health_check_gets_no_traffic(
     assert sick.calls["meta"] == 0
     assert sick.calls["ready"] >= 1
     assert all(a.startswith("Bearer cxw_gs_") for a in sick.auth)  # checked with the secret
+    # readiness agrees with routing: a node failing the platform's check makes nothing ready
+    ready = trust.gs.http.get("/v2/models/tiny-creator--iris/ready", headers=trust.gs.auth())
+    assert (ready.status_code, ready.json()["ready"]) == (503, False)
+    assert trust.gs.http.get("/v2/health/ready").status_code == 503
     # it passes again: back in routing at the next periodic check
     sick.ready = True
     wait_for(lambda: call(trust, tiny_models).status_code == 200, timeout=5)
     assert sick.calls["infer"] >= 1
+    ready = trust.gs.http.get("/v2/models/tiny-creator--iris/ready", headers=trust.gs.auth())
+    assert (ready.status_code, ready.json()["ready"]) == (200, True)
     assert uuid.UUID(sick_id) in trust.gs.gateway.health
 
 

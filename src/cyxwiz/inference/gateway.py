@@ -617,6 +617,12 @@ class Gateway:
                 log.warning("node %s failed its health check (%s): out of routing", node.name, why)
         return ok
 
+    async def routable_nodes(self, *, force: bool = False) -> list[RoutableNode]:
+        """The nodes this gateway may route to now: the routing table, less the nodes whose
+        latest health check (the gateway's own) failed. What the infer path and the OIP
+        readiness routes both ask."""
+        return await self._routable(await self.routing_table(force=force))
+
     async def _routable(self, table: list[RoutableNode]) -> list[RoutableNode]:
         """The nodes of ``table`` whose latest health check passed. Unchecked ones (new or
         re-registered) are checked now — awaited only when no checked node passed."""
@@ -683,11 +689,11 @@ class Gateway:
             )
 
         for _ in range(2):
-            table = await self._routable(await self.routing_table(force=force))
+            table = await self.routable_nodes(force=force)
             # only suspects left: try them rather than fail
             node = pick(table, self._avoid(exclude)) or pick(table, exclude)
             if node is None and not force:
-                table = await self._routable(await self.routing_table(force=True))
+                table = await self.routable_nodes(force=True)
                 node = pick(table, exclude)
             if node is None:
                 break

@@ -29,7 +29,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cyxwiz import __version__
 from cyxwiz.errors import DomainError, PayloadTooLarge
-from cyxwiz.inference import service as nodes_service
 from cyxwiz.inference.gateway import (
     ANONYMOUS,
     Answer,
@@ -379,11 +378,7 @@ async def handle_v2_ready(
         caller = ANONYMOUS if authorization is None else await gw.authenticate(authorization)
         owner, name = split_oip_name(model)
         target = await gw.target(owner=owner, name=name, version=version, caller=caller)
-        table = await gw.routing_table()
-        node = nodes_service.choose_node(
-            table, version_id=target.version_id, exclude=[], inflight=gw.inflight
-        )
-        ready = node is not None
+        ready = bool(await gw.routable_nodes())  # any routable node can take the version
         body = orjson.dumps({"name": target.oip_name, "ready": ready})
         return (200 if ready else 503), [(b"content-type", JSON)], body
 
@@ -427,8 +422,9 @@ async def live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready", response_class=Response)
 async def ready(request: Request) -> Response:
-    """200 once at least one healthy inference node is registered, else 503."""
-    table = await _gateway(request).routing_table()
+    """200 once at least one inference node is routable (registered, heartbeating, passing
+    the gateway's own health checks), else 503."""
+    table = await _gateway(request).routable_nodes()
     return Response(
         content=orjson.dumps({"ready": bool(table)}),
         status_code=200 if table else 503,
