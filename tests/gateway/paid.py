@@ -284,7 +284,9 @@ def build_paid_stack(
         "blob_chunk_size": 4096,
         "inference_auth_cache_seconds": 0.5,
         "inference_nodes_cache_seconds": 0.2,
-        "inference_node_stale_seconds": 1.5,
+        # nodes heartbeat every 0.3 s; 5 s of silence (not 1.5 s) keeps a loaded 2-core CI
+        # machine from emptying the routing table mid-test
+        "inference_node_stale_seconds": 5.0,
         "inference_rate_per_second": 10_000.0,
         "inference_burst": 10_000,
         "inference_node_timeout_seconds": 10.0,

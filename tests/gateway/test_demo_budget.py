@@ -58,9 +58,6 @@ def paid(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> I
         inference_demo_burst=1000,
         inference_demo_rate_per_second=1000.0,
         register_ip_max_accounts=10_000,  # every account here comes from 127.0.0.1
-        # not a liveness test: a heartbeat late under a loaded CI machine must not empty the
-        # routing table (the stack's 1.5 s is for the node-death tests)
-        inference_node_stale_seconds=10.0,
     ):
         st.stack.publish("free-iris", {"model.onnx": tiny_models.iris})  # no price: demo only
         st.stack.start_node("demo-budget-node")
